@@ -1,0 +1,3 @@
+from negminer.cli import main
+
+raise SystemExit(main())

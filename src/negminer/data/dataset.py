@@ -1,0 +1,51 @@
+"""The in-memory dataset every reader produces: targets, queries, graded relevance per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Dataset:
+    """Targets (corpus), queries and relevance judgements.
+
+    ``qrels[split][query_id][target_id] = grade``; a grade <= 0 means judged not relevant.
+    ``hard_negatives[query_id]`` holds negatives given by the data (JSONL pairs), if any.
+    """
+
+    name: str
+    target_ids: list[str]
+    target_texts: list[str]
+    target_titles: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, dict[str, int]]]
+    hard_negatives: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self):
+        self.target_index = {t: i for i, t in enumerate(self.target_ids)}
+        self.query_index = {q: i for i, q in enumerate(self.query_ids)}
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.target_ids)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.qrels)
+
+    def target_inputs(self) -> list[str]:
+        """Text fed to the target tower: 'title text' (the BEIR / MTEB convention)."""
+        return [f"{ti} {tx}".strip() if ti else tx for ti, tx in zip(self.target_titles, self.target_texts)]
+
+    def positives(self, split: str) -> dict[str, dict[int, int]]:
+        """query id -> {target row: grade > 0}, for queries of ``split`` with at least one positive."""
+        if split not in self.qrels:
+            raise KeyError(f"dataset {self.name!r} has no split {split!r} (has {', '.join(self.qrels) or 'none'})")
+        out: dict[str, dict[int, int]] = {}
+        for qid, judged in self.qrels[split].items():
+            pos = {self.target_index[t]: g for t, g in judged.items() if g > 0}
+            if pos:
+                out[qid] = pos
+        return out
