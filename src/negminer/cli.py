@@ -1,0 +1,109 @@
+"""Command line: ``negminer train | eval | data check``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import MISSING, fields
+
+from negminer import __version__
+from negminer.config import TrainConfig, read_config_file, resolve
+from negminer.errors import ConfigError, NegminerError
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or TOML file of options; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
+    p.add_argument("--max-length", type=int, help="max tokens for both towers")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        else:
+            p.add_argument(flag, type=type(default), default=None, help=help_,
+                           metavar=f.name.upper() if f.name not in ("data", "out") else "PATH")
+
+
+def cmd_train(args) -> int:
+    from negminer.train.trainer import Trainer, format_comparison
+
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if args.max_length is not None:
+        flags["query_max_length"] = flags["query_max_length"] or args.max_length
+        flags["target_max_length"] = flags["target_max_length"] or args.max_length
+    base = {}
+    if args.resume and flags.get("out"):
+        saved = os.path.join(flags["out"], "config.yaml")
+        if os.path.exists(saved):
+            base = read_config_file(saved)
+    if args.config:
+        base.update(read_config_file(args.config))
+    cfg = resolve(flags, base)
+    if not args.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
+        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    metrics = Trainer(cfg).run(resume=args.resume)
+    print(format_comparison(metrics))
+    print(f"run directory: {cfg.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from negminer.eval.evaluate import eval_command
+
+    return eval_command(args.model, args.data, split=args.split, out=args.out, backend=args.backend,
+                        batch_size=args.batch_size, quiet=args.quiet)
+
+
+def cmd_data_check(args) -> int:
+    from negminer.data.check import dataset_stats, format_stats
+    from negminer.data.load import load_dataset
+
+    ds = load_dataset(args.path)
+    stats = dataset_stats(ds)
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="negminer", description="Dual-encoder training with fresh hard negatives.")
+    p.add_argument("--version", action="version", version=f"negminer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a dual encoder", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_args(t)
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a saved model (exact or FAISS top-100)")
+    e.add_argument("--model", required=True, help="model directory (RUN_DIR/model)")
+    e.add_argument("--data", required=True, help="dataset folder, file, builtin:NAME or synthetic:N")
+    e.add_argument("--split", default="test")
+    e.add_argument("--out", help="write run.trec and metrics.json here")
+    e.add_argument("--backend", default="exact", choices=["exact", "faiss"])
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="validate a dataset and print its statistics")
+    c.add_argument("path", help="dataset folder, file, builtin:NAME or synthetic:N")
+    c.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    c.set_defaults(func=cmd_data_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NegminerError as e:
+        print(f"negminer: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("negminer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

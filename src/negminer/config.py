@@ -1,0 +1,141 @@
+"""Training configuration: defaults < config file (YAML or TOML) < command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from negminer.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    data: str = "builtin:pycode"
+    out: str = "runs/default"
+    encoder: str = field(default="minilm", metadata={"help": "minilm | static | static:PATH | hf:PATH | PATH"})
+    shared: bool = field(default=True, metadata={"help": "one tower for queries and targets"})
+    pooling: str = field(default="mean", metadata={"help": "mean | cls"})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
+    temperature: float = field(default=0.05, metadata={"help": "softmax temperature tau (score / tau)"})
+    learn_temperature: bool = field(default=False, metadata={"help": "learn tau (log-parametrised)"})
+    negatives: str = field(default="inbatch", metadata={"help": "negative sampler"})
+    loss: str = field(default="softmax", metadata={"help": "loss"})
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0: use --epochs)"})
+    epochs: float = field(default=1.0, metadata={"help": "epochs over the training queries when --steps is 0"})
+    batch_size: int = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup: float = field(default=0.1, metadata={"help": "warm-up, as a fraction of the steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    seed: int = 42
+    query_max_length: int = field(default=32, metadata={"help": "query tower max tokens"})
+    target_max_length: int = field(default=128, metadata={"help": "target tower max tokens"})
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    log_every: int = 1
+    eval_batch_size: int = 128
+    zero_shot: bool = field(default=True, metadata={"help": "evaluate the initial model first"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the towers' forward"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    quiet: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        if self.steps > 0:
+            return self.steps
+        return max(1, int(round(self.epochs * batches_per_epoch)))
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file of TrainConfig options ('-' or '_' in keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            raw = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml", ".json"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{p}: config must be .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as e:  # parse errors of either format
+        raise ConfigError(f"{p}: cannot parse config: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: config must be a mapping of option: value")
+    return {_key(p, k): v for k, v in raw.items()}
+
+
+def _key(path, k) -> str:
+    name = str(k).replace("-", "_")
+    if name not in _FIELDS:
+        raise ConfigError(f"{path}: unknown option {k!r}")
+    return name
+
+
+def resolve(overrides: dict, base: dict | None = None) -> TrainConfig:
+    """Build a TrainConfig from a base mapping (config file) and overrides (flags), with type checks."""
+    merged = dict(base or {})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    out = {}
+    for k, v in merged.items():
+        f = _FIELDS[k]
+        typ = type(f.default)
+        try:
+            if typ is bool and not isinstance(v, bool):
+                if str(v).lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(v)
+                v = str(v).lower() in ("true", "1", "yes")
+            elif typ in (int, float, str):
+                if typ is int and isinstance(v, float) and not v.is_integer():
+                    raise ValueError(v)
+                v = typ(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {k}: expected {typ.__name__}, got {v!r}") from None
+        out[k] = v
+    cfg = TrainConfig(**out)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.batch_size >= 2, "batch_size must be at least 2"),
+        (cfg.lr > 0, "lr must be positive"),
+        (cfg.temperature > 0, "temperature must be positive"),
+        (cfg.steps >= 0 and cfg.epochs > 0, "steps must be >= 0 and epochs > 0"),
+        (0 <= cfg.warmup < 1, "warmup is a fraction in [0, 1)"),
+        (cfg.query_max_length > 0 and cfg.target_max_length > 0, "max lengths must be positive"),
+        (cfg.pooling in ("mean", "cls"), "pooling must be mean or cls"),
+        (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device: auto, cpu or cuda"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    import yaml
+
+    from negminer.train.io import atomic_write_text
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))

@@ -1,0 +1,109 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else; never pickle.
+
+Layout of ``RUN_DIR/checkpoint/``: ``model.safetensors`` (shared weights stored once),
+``optimizer.safetensors`` + ``trainer.json`` (step, data position, scheduler, counters, optimizer
+hyper-parameters, every RNG state). A checkpoint is written to a temporary folder and renamed
+into place, so a kill at any moment leaves either the old or the new checkpoint, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict, dict]:
+    """All global RNG states: tensors (torch) and JSON (python, numpy)."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    v, st, g = meta["python"]
+    random.setstate((v, tuple(st), g))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict) -> Path:
+    run_dir = Path(run_dir)
+    final = run_dir / "checkpoint"
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        opt_t, opt_meta = _optimizer_tensors(optimizer)
+        save_file(opt_t, str(tmp / "optimizer.safetensors"))
+        rng_t, rng_meta = rng_state()
+        save_file(rng_t, str(tmp / "rng.safetensors"))
+        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
+        (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
+        old = run_dir / "checkpoint.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest whole checkpoint (a kill between the two renames leaves checkpoint.old)."""
+    for name in ("checkpoint", "checkpoint.old"):
+        p = Path(run_dir) / name
+        if (p / "trainer.json").is_file():
+            return p
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore model and optimizer in place; return the trainer state (RNGs restored too)."""
+    path = Path(path)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if unexpected or missing:
+        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    optimizer.load_state_dict(_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
+    set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
+    return state
