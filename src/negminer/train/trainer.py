@@ -9,6 +9,7 @@ position and every RNG; so a run resumed after a kill reproduces the uninterrupt
 from __future__ import annotations
 
 import math
+import os
 import resource
 import sys
 import time
@@ -192,8 +193,11 @@ class Trainer:
                    dynamic_ncols=True)
         t0 = time.perf_counter() - self.seconds
         last_eval = None
+        pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
         while self.step < self.total_steps:
             loss = self.train_step(self.step)
+            if pause:
+                time.sleep(pause)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss} at step {self.step}; lower --lr or use fp32")
             self.step += 1

@@ -1,0 +1,33 @@
+"""A tiny BEIR-layout dataset written on the fly, for tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange"]
+THINGS = ["car", "house", "bird", "boat", "chair", "lamp", "book", "shoe", "kite", "cup"]
+PLACES = ["garden", "kitchen", "harbour", "office", "forest", "school"]
+
+
+def write_tiny_beir(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
+    """A small real-text retrieval task: a description -> the sentence about that object."""
+    rng = random.Random(seed)
+    combos = [(c, t, p) for c in COLOURS for t in THINGS for p in PLACES]
+    rng.shuffle(combos)
+    combos = combos[: n_train + n_test]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "qrels").mkdir(exist_ok=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for i, (c, t, p) in enumerate(combos):
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": f"A {c} {t} stands in the {p}."}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for i, (c, t, p) in enumerate(combos):
+            f.write(json.dumps({"_id": f"q{i}", "text": f"where is the {c} {t}? {p}"}) + "\n")
+    for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        with open(root / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for i in rows:
+                f.write(f"q{i}\td{i}\t1\n")
+    return root
