@@ -26,6 +26,7 @@ test: $(BIN)/.stamp
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.stamp
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	$(BIN)/python benchmarks/throughput.py
 
 clean-venv:
