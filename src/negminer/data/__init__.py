@@ -1,5 +1,6 @@
 """Data: corpus of targets, queries, relevance judgements; readers per format."""
 
 from negminer.data.dataset import Dataset
+from negminer.data.load import load_dataset
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "load_dataset"]

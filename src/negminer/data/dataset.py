@@ -24,7 +24,8 @@ class Dataset:
     source: str = ""
 
     def __post_init__(self):
-        self.target_index = {t: i for i, t in enumerate(self.target_ids)}
+        lazy = getattr(self.target_ids, "index_map", None)  # synthetic ids: no dict of N entries
+        self.target_index = lazy if lazy is not None else {t: i for i, t in enumerate(self.target_ids)}
         self.query_index = {q: i for i, q in enumerate(self.query_ids)}
 
     @property
@@ -35,8 +36,10 @@ class Dataset:
     def splits(self) -> list[str]:
         return list(self.qrels)
 
-    def target_inputs(self) -> list[str]:
+    def target_inputs(self):
         """Text fed to the target tower: 'title text' (the BEIR / MTEB convention)."""
+        if not isinstance(self.target_titles, list):  # lazy data without titles
+            return self.target_texts
         return [f"{ti} {tx}".strip() if ti else tx for ti, tx in zip(self.target_titles, self.target_texts)]
 
     def positives(self, split: str) -> dict[str, dict[int, int]]:

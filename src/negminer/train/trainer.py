@@ -28,7 +28,7 @@ from negminer.samplers import build_sampler, inbatch_mask
 from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from negminer.train.io import atomic_write_json, atomic_write_text, read_jsonl
 
-METRIC_KEYS = ("recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "p@1", "p@5", "num_queries")
+from negminer.eval.metrics import METRIC_KEYS  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -1,0 +1,36 @@
+"""``load_dataset(spec)``: detect the layout of a folder or file, or build builtin/synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from negminer.data.dataset import Dataset
+from negminer.errors import DataError
+
+
+def load_dataset(spec: str | Path) -> Dataset:
+    s = str(spec)
+    if s.startswith("builtin:"):
+        from negminer.data.builtin import load_builtin
+
+        return load_builtin(s.split(":", 1)[1])
+    if s.startswith("synthetic:"):
+        from negminer.data.synthetic import load_synthetic
+
+        return load_synthetic(s)
+    p = Path(s).expanduser()
+    if not p.exists():
+        raise DataError(p, "no such file or folder (or use builtin:pycode, synthetic:N)")
+    from negminer.data.beir import is_beir, load_beir
+    from negminer.data.msmarco import is_msmarco, load_msmarco
+    from negminer.data.pairs import load_pairs, pair_files
+
+    if is_beir(p):
+        return load_beir(p)
+    if is_msmarco(p):
+        return load_msmarco(p)
+    if (p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))) or (p.is_dir() and pair_files(p)):
+        return load_pairs(p)
+    raise DataError(p, "unknown dataset layout: looked for BEIR (corpus.jsonl + queries.jsonl + qrels/), "
+                       "MS MARCO TSV (collection.tsv + queries.<split>.tsv + qrels.<split>.tsv) and JSONL pairs "
+                       "(a .jsonl file, or train.jsonl/test.jsonl)")

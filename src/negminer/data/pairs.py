@@ -1,0 +1,82 @@
+"""Plain JSONL pairs: one object per line with a query, its positive(s) and optional negatives.
+
+Accepted keys (the sentence-transformers and FlagEmbedding conventions):
+``query`` | ``anchor`` | ``question``; ``positive`` | ``pos`` (string or list);
+``negative`` | ``negatives`` | ``neg`` (string or list, optional).
+A file gives split ``train``; a folder of ``train.jsonl`` / ``dev.jsonl`` / ``test.jsonl`` gives those
+splits. Targets are the unique texts (id = ``t`` + 16 hex of their SHA-1); a query text seen on
+several lines becomes one query with all those positives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from negminer.data.dataset import Dataset
+from negminer.data.readers import json_records
+from negminer.errors import DataError
+
+QUERY_KEYS = ("query", "anchor", "question")
+POS_KEYS = ("positive", "pos", "positives")
+NEG_KEYS = ("negative", "negatives", "neg")
+SPLITS = ("train", "dev", "validation", "test")
+
+
+def _hid(prefix: str, text: str) -> str:
+    return prefix + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _texts(path, no, rec, keys, required):
+    key = next((k for k in keys if k in rec), None)
+    if key is None:
+        if required:
+            raise DataError(path, f"missing (expected one of {', '.join(keys)})", line=no, field=keys[0])
+        return []
+    v = rec[key]
+    vals = [v] if isinstance(v, str) else v
+    if not isinstance(vals, list) or not all(isinstance(x, str) for x in vals):
+        raise DataError(path, "expected a string or a list of strings", line=no, field=key)
+    if required and not vals:
+        raise DataError(path, "empty list", line=no, field=key)
+    for x in vals:
+        if not x.strip():
+            raise DataError(path, "empty text", line=no, field=key)
+    return vals
+
+
+def pair_files(path: Path) -> dict[str, Path]:
+    if path.is_file():
+        return {"train": path}
+    return {s: path / f"{s}.jsonl" for s in SPLITS if (path / f"{s}.jsonl").is_file()}
+
+
+def load_pairs(path: str | Path, name: str | None = None) -> Dataset:
+    path = Path(path)
+    files = pair_files(path)
+    if not files:
+        raise DataError(path, "no JSONL pairs file (train.jsonl, dev.jsonl, test.jsonl)")
+    targets: dict[str, str] = {}
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    negs: dict[str, list[str]] = {}
+    for split, f in files.items():
+        split = "dev" if split == "validation" else split
+        judged = qrels.setdefault(split, {})
+        for no, rec in json_records(f):
+            q = _texts(f, no, rec, QUERY_KEYS, True)
+            if len(q) != 1:
+                raise DataError(f, "expected one query string", line=no, field="query")
+            qid = _hid("q", q[0])
+            queries[qid] = q[0]
+            for t in _texts(f, no, rec, POS_KEYS, True):
+                tid = _hid("t", t)
+                targets[tid] = t
+                judged.setdefault(qid, {})[tid] = 1
+            for t in _texts(f, no, rec, NEG_KEYS, False):
+                tid = _hid("t", t)
+                targets[tid] = t
+                negs.setdefault(qid, []).append(tid)
+    tids = list(targets)
+    return Dataset(name or path.stem, tids, [targets[t] for t in tids], [""] * len(tids), list(queries),
+                   list(queries.values()), qrels, hard_negatives=negs, source=str(path))

@@ -1,0 +1,49 @@
+"""Retrieval metrics, defined as trec_eval / ir-measures define them.
+
+For each query with at least one relevant target (grade > 0), over the ranked run (best first):
+  recall@k = |relevant in top k| / |relevant|      p@k = |relevant in top k| / k
+  mrr@10   = 1 / rank of the first relevant target in the top 10 (0 if none)
+  ndcg@10  = DCG@10 / IDCG@10 with DCG = sum_i grade_i / log2(i + 1) (linear gains, as trec_eval);
+             IDCG from all judged relevant targets sorted by grade.
+Values are means over those queries; a query missing from the run scores 0. Ties: the run's order
+is used as given (trec_eval would re-sort equal scores by target id).
+"""
+
+from __future__ import annotations
+
+import math
+
+METRIC_KEYS = ("recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "p@1", "p@5", "num_queries")
+
+
+def query_metrics(ranked: list[str], judged: dict[str, int]) -> dict[str, float]:
+    rel = {t: g for t, g in judged.items() if g > 0}
+    hits = [1 if t in rel else 0 for t in ranked]
+    out = {}
+    for k in (1, 10, 100):
+        out[f"recall@{k}"] = sum(hits[:k]) / len(rel)
+    first = next((i for i, h in enumerate(hits[:10]) if h), None)
+    out["mrr@10"] = 0.0 if first is None else 1.0 / (first + 1)
+    dcg = sum(rel.get(t, 0) / math.log2(i + 2) for i, t in enumerate(ranked[:10]))
+    ideal = sorted(rel.values(), reverse=True)[:10]
+    idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+    out["ndcg@10"] = dcg / idcg
+    out["p@1"] = sum(hits[:1]) / 1
+    out["p@5"] = sum(hits[:5]) / 5
+    return out
+
+
+def compute_metrics(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]],
+                    per_query: bool = False) -> dict:
+    """Mean metrics over the queries of ``qrels`` that have a relevant target."""
+    per = {}
+    for qid, judged in qrels.items():
+        if not any(g > 0 for g in judged.values()):
+            continue
+        per[qid] = query_metrics([t for t, _ in run.get(qid, [])], judged)
+    n = len(per)
+    out = {k: (sum(m[k] for m in per.values()) / n if n else 0.0) for k in METRIC_KEYS[:-1]}
+    out["num_queries"] = n
+    if per_query:
+        out = {"mean": out, "per_query": per}
+    return out
