@@ -9,6 +9,12 @@ from pathlib import Path
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "purple", "orange"]
 THINGS = ["car", "house", "bird", "boat", "chair", "lamp", "book", "shoe", "kite", "cup"]
 PLACES = ["garden", "kitchen", "harbour", "office", "forest", "school"]
+# queries use other words than the targets, so that a tower has something to learn
+SYN = {"red": "crimson", "green": "emerald", "blue": "azure", "yellow": "golden", "black": "ebony",
+       "white": "ivory", "purple": "violet", "orange": "amber", "car": "automobile", "house": "dwelling",
+       "bird": "sparrow", "boat": "vessel", "chair": "seat", "lamp": "lantern", "book": "volume",
+       "shoe": "boot", "kite": "glider", "cup": "mug", "garden": "yard", "kitchen": "galley", "harbour": "port",
+       "office": "bureau", "forest": "woods", "school": "academy"}
 
 
 def write_tiny_beir(root: Path, n_train: int = 120, n_test: int = 40, seed: int = 0) -> Path:
@@ -21,10 +27,10 @@ def write_tiny_beir(root: Path, n_train: int = 120, n_test: int = 40, seed: int 
     (root / "qrels").mkdir(exist_ok=True)
     with open(root / "corpus.jsonl", "w") as f:
         for i, (c, t, p) in enumerate(combos):
-            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": f"A {c} {t} stands in the {p}."}) + "\n")
+            f.write(json.dumps({"_id": f"d{i}", "title": "", "text": f"A {c} {t} stands in the {p}, number {i}."}) + "\n")
     with open(root / "queries.jsonl", "w") as f:
         for i, (c, t, p) in enumerate(combos):
-            f.write(json.dumps({"_id": f"q{i}", "text": f"where is the {c} {t}? {p}"}) + "\n")
+            f.write(json.dumps({"_id": f"q{i}", "text": f"the {SYN[c]} {SYN[t]} in the {SYN[p]}"}) + "\n")
     for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
         with open(root / "qrels" / f"{split}.tsv", "w") as f:
             f.write("query-id\tcorpus-id\tscore\n")

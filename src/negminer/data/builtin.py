@@ -46,11 +46,13 @@ def _first_sentence(doc: str) -> str | None:
 
 
 def _strip_docstring(node):
-    node = ast.parse(ast.unparse(node)).body[0]  # a copy
-    body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        node.body = body[1:] or [ast.Pass()]
+    """A copy of ``node`` with its docstring, and those of nested functions and classes, removed."""
+    node = ast.parse(ast.unparse(node)).body[0]
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
+            first = n.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                n.body = n.body[1:] or [ast.Pass()]
     return node
 
 

@@ -50,7 +50,7 @@ class DualEncoder(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(1.0 / self.logit_scale())
+        return float(1.0 / self.logit_scale().detach())
 
     def tokenize_queries(self, texts):
         return self.query_tower.tokenize(texts, self.query_max_length)
