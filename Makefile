@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/main
-STEPS ?= 150
+STEPS ?= 100
 
 .PHONY: train test bench clean-venv
 
