@@ -24,7 +24,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            p.add_argument(flag, type=type(default), default=None, help=help_,
+            p.add_argument(flag, type=f.metadata.get("type", type(default)), default=None, help=help_,
                            metavar=f.name.upper() if f.name not in ("data", "out") else "PATH")
 
 

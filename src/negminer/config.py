@@ -22,7 +22,22 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "softmax temperature tau (score / tau)"})
     learn_temperature: bool = field(default=False, metadata={"help": "learn tau (log-parametrised)"})
     negatives: str = field(default="inbatch", metadata={"help": "negative sampler"})
-    loss: str = field(default="softmax", metadata={"help": "loss"})
+    loss: str = field(default="softmax", metadata={"help": "softmax | cache-surrogate"})
+    num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
+    inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
+    sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
+    margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
+    refresh_every: int = field(default=0, metadata={"help": "exact/ance: re-encode all targets every R steps (0: 1 for exact, 100 for ance)"})
+    selection: str = field(default="sample", metadata={"help": "exact: sample | topk"})
+    ance_top: int = field(default=100, metadata={"help": "ance: draw among the index's top K"})
+    cache_size: int = field(default=0, metadata={"help": "cache: targets cached (0: all); cache-stream: queue length"})
+    refresh_fraction: float = field(default=0.0, metadata={"help": "cache: fraction re-encoded per step"})
+    refresh_order: str = field(default="oldest", metadata={"help": "cache: oldest | random"})
+    stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
+    store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
+    store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
+    dedupe_text: bool = field(default=True, metadata={"help": "mask targets whose text equals a positive's"})
+    diagnose_every: int = field(default=0, metadata={"help": "log sampler diagnostics every N steps"})
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use --epochs)"})
     epochs: float = field(default=1.0, metadata={"help": "epochs over the training queries when --steps is 0"})
     batch_size: int = 32
@@ -46,6 +61,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def refresh_period(self) -> int:
+        return self.refresh_every or (100 if self.negatives == "ance" else 1)
 
     def total_steps(self, batches_per_epoch: int) -> int:
         if self.steps > 0:
@@ -98,7 +116,10 @@ def resolve(overrides: dict, base: dict | None = None) -> TrainConfig:
     out = {}
     for k, v in merged.items():
         f = _FIELDS[k]
-        typ = type(f.default)
+        typ = f.metadata.get("type", type(f.default))
+        if v is None and f.default is None:
+            out[k] = None
+            continue
         try:
             if typ is bool and not isinstance(v, bool):
                 if str(v).lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -126,6 +147,15 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.query_max_length > 0 and cfg.target_max_length > 0, "max lengths must be positive"),
         (cfg.pooling in ("mean", "cls"), "pooling must be mean or cls"),
         (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device: auto, cpu or cuda"),
+        (cfg.num_negatives >= 0, "num_negatives must be >= 0"),
+        (cfg.selection in ("sample", "topk"), "selection must be sample or topk"),
+        (cfg.refresh_order in ("oldest", "random"), "refresh_order must be oldest or random"),
+        (cfg.stream_policy in ("fifo", "lru"), "stream_policy must be fifo or lru"),
+        (cfg.store_dtype in ("fp32", "fp16", "bf16"), "store_dtype must be fp32, fp16 or bf16"),
+        (0 <= cfg.refresh_fraction <= 1, "refresh_fraction is a fraction in [0, 1]"),
+        (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact"),
+         "--loss cache-surrogate needs --negatives cache, cache-stream or exact"),
+        (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -1,8 +1,9 @@
 """Losses: how scores become a scalar. One loss per file, each with its paper and formula."""
 
+from negminer.losses.cache_surrogate import CacheSurrogateLoss
 from negminer.losses.softmax import SoftmaxLoss
 
-LOSSES = {"softmax": SoftmaxLoss}
+LOSSES = {"softmax": SoftmaxLoss, "cache-surrogate": CacheSurrogateLoss}
 
 
 def build_loss(name: str):
@@ -13,4 +14,4 @@ def build_loss(name: str):
     return LOSSES[name]()
 
 
-__all__ = ["SoftmaxLoss", "build_loss", "LOSSES"]
+__all__ = ["SoftmaxLoss", "CacheSurrogateLoss", "build_loss", "LOSSES"]

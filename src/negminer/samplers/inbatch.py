@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from negminer.samplers.base import Draw, Sampler
+
 
 def inbatch_mask(pos_rows: Sequence[int], positives: Sequence[set[int] | dict]) -> torch.Tensor:
     """[B, B] bool, True where column j must not be used as a negative for row i."""
@@ -27,11 +29,10 @@ def inbatch_mask(pos_rows: Sequence[int], positives: Sequence[set[int] | dict]) 
     return mask
 
 
-class InBatchSampler:
+class InBatchSampler(Sampler):
     """Draws nothing: the trainer uses the batch's positives as the shared negative pool."""
 
     name = "inbatch"
-    draws = 0
 
-    def sample(self, q, batch):  # noqa: D102 - the sampler interface, see samplers/__init__
-        return None, None
+    def sample(self, q, batch, store):
+        return Draw.empty(len(q))

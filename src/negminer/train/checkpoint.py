@@ -64,7 +64,7 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, extra: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     final = run_dir / "checkpoint"
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
@@ -74,6 +74,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict) -> Pat
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
         rng_t, rng_meta = rng_state()
         save_file(rng_t, str(tmp / "rng.safetensors"))
+        save_file(extra or {}, str(tmp / "sampler.safetensors"))  # store rows, ages, cache / queue state
         state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
         (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
         old = run_dir / "checkpoint.old"
@@ -97,8 +98,8 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore model and optimizer in place; return the trainer state (RNGs restored too)."""
+def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict]:
+    """Restore model and optimizer in place; return (trainer state, sampler/store tensors); RNGs restored."""
     path = Path(path)
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if unexpected or missing:
@@ -106,4 +107,5 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
     state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     optimizer.load_state_dict(_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    return state
+    extra = path / "sampler.safetensors"
+    return state, (load_file(str(extra)) if extra.is_file() else {})

@@ -24,7 +24,9 @@ from negminer.batching import RandomBatcher
 from negminer.config import TrainConfig, save_config
 from negminer.errors import ConfigError
 from negminer.losses import build_loss
-from negminer.samplers import build_sampler, inbatch_mask
+from negminer.samplers import Batch, Draw, build_sampler, inbatch_mask
+from negminer.store import TargetStore
+from negminer.train.duplicates import duplicate_groups
 from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from negminer.train.io import atomic_write_json, atomic_write_text, read_jsonl
 
@@ -87,8 +89,13 @@ class Trainer:
         self.target_inputs = self.dataset.target_inputs()
         self.batcher = RandomBatcher(len(self.qids), cfg.batch_size, cfg.seed)
         self.total_steps = cfg.total_steps(self.batcher.batches_per_epoch)
-        self.sampler = build_sampler(cfg.negatives)
+        self.sampler = build_sampler(cfg)
         self.loss_fn = build_loss(cfg.loss)
+        self.dups = duplicate_groups(self.target_inputs) if cfg.dedupe_text else {}
+        self.store = None
+        if self.sampler.k or cfg.diagnose_every:
+            self.store = TargetStore(self.dataset.target_ids, self.target_inputs, self.model.dim,
+                                     dtype=cfg.store_dtype, path=cfg.store_path or None)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -106,28 +113,69 @@ class Trainer:
         pos_rows = [self.pos_lists[i][rng.integers(len(self.pos_lists[i]))] for i in idx]
         return idx, pos_rows
 
+    def exclude(self, i: int) -> set[int]:
+        """Rows never used as negatives for example i: its positives and targets with the same text."""
+        ex = set(self.pos_sets[i])
+        for r in self.pos_sets[i]:
+            ex.update(self.dups.get(r, ()))
+        return ex
+
+    def make_batch(self, step: int, idx, pos_rows, pos_emb) -> Batch:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step + 500_009)
+        return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long), [self.exclude(i) for i in idx],
+                     pos_emb.detach().float().cpu(), g, float(self.model.logit_scale().detach()))
+
+    def compute_loss(self, q, p, batch: Batch, draw: Draw, neg):
+        scale = self.model.logit_scale()
+        if self.cfg.loss == "cache-surrogate":
+            return self.loss_fn(q, p, scale, neg=neg, neg_mask=draw.mask.to(q.device), log_z=draw.log_z.to(q.device))
+        pool_mask = inbatch_mask(batch.pos_rows.tolist(), batch.exclude).to(q.device) if self.cfg.inbatch else None
+        return self.loss_fn(q, p, scale, pool=p if self.cfg.inbatch else None, pool_mask=pool_mask, neg=neg,
+                            neg_mask=draw.mask.to(q.device) if neg is not None else None,
+                            log_q=draw.log_q.to(q.device) if (neg is not None and draw.log_q is not None) else None)
+
+    def encode_drawn(self, ids: torch.Tensor):
+        """Fresh, with-gradient embeddings [B, k, d] of the drawn rows (each distinct row encoded once)."""
+        uniq, inv = ids.unique(return_inverse=True)
+        feats = self.model.tokenize_targets([self.target_inputs[int(r)] for r in uniq])
+        self.counters.target_encodes += len(uniq)
+        return self.model.embed_targets(feats)[inv.to(self.device)]
+
     def train_step(self, step: int) -> float:
         """One optimiser step; returns the loss."""
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
         idx, pos_rows = self._batch(step)
         m, dev = self.model, self.device
-        qf = {k: v.to(dev) for k, v in m.tokenize_queries([self.query_texts[i] for i in idx]).items()}
-        tf = {k: v.to(dev) for k, v in m.tokenize_targets([self.target_inputs[r] for r in pos_rows]).items()}
+        qf = m.tokenize_queries([self.query_texts[i] for i in idx])
+        tf = m.tokenize_targets([self.target_inputs[r] for r in pos_rows])
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         with amp:
             q = m.embed_queries(qf)
             p = m.embed_targets(tf)
         self.counters.query_encodes += len(idx)
         self.counters.target_encodes += len(pos_rows)
-        mask = inbatch_mask(pos_rows, [self.pos_sets[i] for i in idx]).to(dev)
-        loss = self.loss_fn(q, p, m.logit_scale(), pool=p, pool_mask=mask)
+        batch = self.make_batch(step, idx, pos_rows, p)
+        draw = self.sampler.sample(q.detach().float().cpu(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
+        neg = None
+        if draw.ids.numel():
+            with amp:
+                neg = self.encode_drawn(draw.ids)
+        loss = self.compute_loss(q, p, batch, draw, neg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(m.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        if self.store is not None:
+            self.sampler.update(batch, draw, None if neg is None else neg.detach().float().cpu(), m, self.store, step + 1)
         return float(loss.detach())
+
+    def work(self) -> dict:
+        """Counters for logs: target_encodes includes the store's refresh encodes."""
+        refresh = self.store.target_encodes if self.store is not None else 0
+        return {"query_encodes": self.counters.query_encodes, "target_encodes": self.counters.target_encodes + refresh,
+                "refresh_encodes": refresh}
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict:
@@ -141,17 +189,27 @@ class Trainer:
         epoch, batch = self.batcher.position(self.step)
         return {"step": self.step, "epoch": epoch, "batch_in_epoch": batch, "total_steps": self.total_steps,
                 "scheduler_last_epoch": self.scheduler.last_epoch, "seconds": self.seconds,
-                "counters": vars(self.counters).copy(), "seed": self.cfg.seed}
+                "counters": vars(self.counters).copy(), "seed": self.cfg.seed,
+                "store_encodes": self.store.target_encodes if self.store is not None else 0}
+
+    def extra_tensors(self) -> dict:
+        t = dict(self.sampler.state()[0])
+        if self.store is not None:
+            t.update(self.store.state_tensors())
+        return t
 
     def save(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.optimizer, self._state())
+        save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), self.extra_tensors())
 
     def resume(self) -> bool:
         ckpt = find_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        st = load_checkpoint(ckpt, self.model, self.optimizer)
+        st, extra = load_checkpoint(ckpt, self.model, self.optimizer)
         self.step, self.seconds = st["step"], st["seconds"]
+        if self.store is not None:
+            self.store.load_state_tensors(extra, st.get("store_encodes", 0))
+        self.sampler.load_state(extra, {})
         self.counters = Counters(**st["counters"])
         self.scheduler.last_epoch = st["scheduler_last_epoch"]
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
@@ -186,6 +244,8 @@ class Trainer:
                 atomic_write_json(zs_path, zero_shot)
                 if not cfg.quiet:
                     print("zero-shot: " + _fmt(zero_shot), file=sys.stderr)
+        if self.store is not None:
+            self.sampler.setup(self.store, self.model, self.step)
         self.model.train()
         from tqdm.auto import tqdm
 
@@ -207,7 +267,14 @@ class Trainer:
             row = None
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 row = {"step": self.step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                       "seconds": round(self.seconds, 3), **vars(self.counters), "peak_rss_mb": peak_rss_mb()}
+                       "seconds": round(self.seconds, 3), **self.work(), "peak_rss_mb": peak_rss_mb(),
+                       **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
+            if cfg.diagnose_every and self.step % cfg.diagnose_every == 0:
+                from negminer.diagnostics import diagnose_trainer
+
+                row = dict(row or {"step": self.step}, diagnostics=diagnose_trainer(self, self.step))
+                self.model.train()
+                t0 = time.perf_counter() - self.seconds
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
                 last_eval = self.evaluate()
                 self.model.train()
@@ -224,7 +291,8 @@ class Trainer:
         metrics = {k: final[k] for k in METRIC_KEYS}
         if zero_shot is not None:
             metrics["zero_shot"] = {k: zero_shot[k] for k in METRIC_KEYS}
-        metrics["train"] = {"steps": self.step, **vars(self.counters), "seconds": round(self.seconds, 2),
+        metrics["train"] = {"steps": self.step, **self.work(), "seconds": round(self.seconds, 2),
+                            "negatives": cfg.negatives, "loss": cfg.loss,
                             "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
