@@ -29,7 +29,8 @@ def _train(data, out, *extra, env=None, wait=True):
 
 def _curve(run: Path):
     rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    return [(r["step"], r["loss"], r["lr"], r["query_encodes"], r["target_encodes"]) for r in rows]
+    return [(r["step"], r["loss"], r["lr"], r["query_encodes"], r["target_encodes"], r.get("staleness"))
+            for r in rows]
 
 
 def _metrics(run: Path):
@@ -38,40 +39,49 @@ def _metrics(run: Path):
     return m
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+SAMPLERS = {"inbatch": [], "cache": ["--negatives", "cache", "--num-negatives", "4", "--cache-size", "100",
+                                    "--refresh-fraction", "0.1", "--refresh-order", "random"],
+            "stream": ["--negatives", "cache-stream", "--num-negatives", "4", "--cache-size", "40",
+                       "--stream-policy", "lru", "--loss", "cache-surrogate"]}
+
+
+@pytest.fixture(scope="module", params=list(SAMPLERS))
+def reference(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("resume")
     data = write_tiny_beir(root / "data")
-    _train(data, root / "full")
-    return data, root
+    extra = SAMPLERS[request.param]
+    _train(data, root / "full", *extra)
+    return data, root, extra
 
 
 def test_reference_run_writes_run_directory(reference):
-    data, root = reference
+    data, root, extra = reference
     run = root / "full"
     for name in ("config.yaml", "train_log.jsonl", "metrics.json", "checkpoint/model.safetensors",
                  "checkpoint/optimizer.safetensors", "checkpoint/trainer.json", "model"):
         assert (run / name).exists(), name
     curve = _curve(run)
     assert [c[0] for c in curve] == list(range(1, 13))
-    assert curve[-1][3] == 12 * 8 and curve[-1][4] == 12 * 8  # one query and one positive per example
+    assert curve[-1][3] == 12 * 8
+    if not extra:
+        assert curve[-1][4] == 12 * 8  # in-batch: one positive per example, nothing else encoded
     m = json.loads((run / "metrics.json").read_text())
     assert {"recall@1", "ndcg@10", "zero_shot", "train"} <= set(m)
     assert not list(run.glob(".checkpoint-*")), "temporary checkpoint folder left behind"
 
 
 def test_periodic_checkpoints_do_not_change_the_run(reference):
-    data, root = reference
+    data, root, extra = reference
     part = root / "saving"
-    _train(data, part, "--save-every", "4")
+    _train(data, part, *extra, "--save-every", "4")
     assert _curve(part) == _curve(root / "full")
     assert _metrics(part) == _metrics(root / "full")
 
 
 def test_resume_after_sigkill_matches_uninterrupted(reference):
-    data, root = reference
+    data, root, extra = reference
     run = root / "killed"
-    p = _train(data, run, "--save-every", "3", env={"NEGMINER_STEP_SLEEP": "0.4"}, wait=False)
+    p = _train(data, run, *extra, "--save-every", "3", env={"NEGMINER_STEP_SLEEP": "0.4"}, wait=False)
     deadline = time.time() + 300
     # kill between checkpoints: after step 7 is logged (checkpoint at 6, next at 9)
     while time.time() < deadline:
@@ -85,6 +95,6 @@ def test_resume_after_sigkill_matches_uninterrupted(reference):
     state = json.loads((run / "checkpoint" / "trainer.json").read_text())
     assert state["step"] in (6,), state["step"]
     assert not (run / "metrics.json").exists()
-    _train(data, run, "--resume")
+    _train(data, run, *extra, "--resume")
     assert _curve(run) == _curve(root / "full")
     assert _metrics(run) == _metrics(root / "full")

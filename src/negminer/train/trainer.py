@@ -128,6 +128,8 @@ class Trainer:
     def compute_loss(self, q, p, batch: Batch, draw: Draw, neg):
         scale = self.model.logit_scale()
         if self.cfg.loss == "cache-surrogate":
+            if neg is None:  # nothing cached yet (a stream's first step): no gradient signal
+                return (q.sum() + p.sum()) * 0.0
             return self.loss_fn(q, p, scale, neg=neg, neg_mask=draw.mask.to(q.device), log_z=draw.log_z.to(q.device))
         pool_mask = inbatch_mask(batch.pos_rows.tolist(), batch.exclude).to(q.device) if self.cfg.inbatch else None
         return self.loss_fn(q, p, scale, pool=p if self.cfg.inbatch else None, pool_mask=pool_mask, neg=neg,
