@@ -68,6 +68,19 @@ def cmd_data_check(args) -> int:
     return 0
 
 
+def cmd_mine(args) -> int:
+    from negminer.mine import mine_command
+
+    return mine_command(args.model, args.data, args.out, split=args.split, top_k=args.top_k, margin=args.margin,
+                        skip=args.skip, fmt=args.format, quiet=args.quiet)
+
+
+def cmd_diagnose(args) -> int:
+    from negminer.diagnostics import diagnose_command
+
+    return diagnose_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="negminer", description="Dual-encoder training with fresh hard negatives.")
     p.add_argument("--version", action="version", version=f"negminer {__version__}")
@@ -84,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
+    mi = sub.add_parser("mine", help="export hard negatives as JSONL (FlagEmbedding / sentence-transformers)")
+    mi.add_argument("--model", required=True, help="model directory or encoder spec (minilm, static, PATH)")
+    mi.add_argument("--data", required=True)
+    mi.add_argument("--out", required=True, help="JSONL file to write")
+    mi.add_argument("--split", default="train")
+    mi.add_argument("--top-k", type=int, default=10, help="negatives per query")
+    mi.add_argument("--margin", type=float, default=None, help="drop candidates scoring above positive - margin")
+    mi.add_argument("--skip", type=int, default=0, help="skip the first N ranks (likely false negatives)")
+    mi.add_argument("--format", default="flag", choices=["flag", "st"])
+    mi.add_argument("--quiet", action="store_true")
+    mi.set_defaults(func=cmd_mine)
+    dg = sub.add_parser("diagnose", help="compare a sampler's negatives with the exact softmax",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_args(dg)
+    dg.add_argument("--model", default=None, help="model directory (default: --encoder)")
+    dg.add_argument("--batches", type=int, default=4, help="batches of queries to average over")
+    dg.set_defaults(func=cmd_diagnose)
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a dataset and print its statistics")

@@ -99,3 +99,32 @@ def diagnose_trainer(trainer, step: int) -> dict:
     with torch.enable_grad():
         return {k: round(v, 6) for k, v in diagnose(q, E, batch, trainer.sampler, trainer.store,
                                                     trainer.cfg.inbatch, trainer.cfg.loss).items()}
+
+
+def diagnose_command(args) -> int:
+    """``negminer diagnose``: sampler diagnostics for a model on a dataset, printed as a table."""
+    import tempfile
+    from dataclasses import fields
+
+    from negminer.config import TrainConfig, resolve
+    from negminer.train.trainer import Trainer
+
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if args.model:
+        flags["encoder"] = args.model
+    with tempfile.TemporaryDirectory() as tmp:
+        flags["out"] = flags.get("out") or tmp
+        cfg = resolve(flags)
+        tr = Trainer(cfg)
+        if tr.store is None:
+            from negminer.store import TargetStore
+
+            tr.store = TargetStore(tr.dataset.target_ids, tr.target_inputs, tr.model.dim, dtype=cfg.store_dtype)
+        tr.sampler.setup(tr.store, tr.model, 0)
+        rows = [diagnose_trainer(tr, s) for s in range(args.batches)]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    print(f"sampler {cfg.negatives} (k={cfg.num_negatives}, inbatch={cfg.inbatch}) on {tr.dataset.name}, "
+          f"{args.batches} batches of {cfg.batch_size}")
+    for k, v in mean.items():
+        print(f"  {k:<16}{v:>10.4f}")
+    return 0

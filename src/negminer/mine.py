@@ -1,0 +1,80 @@
+"""Hard-negative export: ``negminer mine``.
+
+For every query of a split, score all targets with the model (exact search), drop positives,
+targets with the same text as a positive, and candidates scoring above ``positive - margin``
+(likely unlabelled positives), optionally skip the first ``skip`` ranks, and keep the next K.
+
+Formats (JSONL, one object per line):
+  * ``flag`` (default): {"query": str, "pos": [str], "neg": [str], "query_id", "pos_ids", "neg_ids",
+    "neg_scores"}; FlagEmbedding's fine-tuning data reads query/pos/neg, extra keys are ignored.
+  * ``st``: {"anchor": str, "positive": str, "negative_1": str, ..., "negative_K": str}, one line per
+    (query, positive): load with ``datasets.load_dataset("json", data_files=FILE)`` and train with
+    sentence-transformers' MultipleNegativesRankingLoss.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from negminer.train.duplicates import duplicate_groups
+from negminer.train.io import atomic_write_text
+
+
+def mine(model, dataset, split: str = "train", top_k: int = 10, margin: float | None = None, skip: int = 0,
+         batch_size: int = 128, progress: bool = False):
+    """Yields (qid, positive rows, [(row, score)] negatives) for each query of ``split``."""
+    pos = dataset.positives(split)
+    qids = [q for q in dataset.query_ids if q in pos]
+    inputs = dataset.target_inputs()
+    dups = duplicate_groups(inputs)
+    E = model.encode_targets(inputs, batch_size=batch_size, progress=progress)
+    Q = model.encode_queries([dataset.query_texts[dataset.query_index[q]] for q in qids], batch_size=batch_size,
+                             progress=progress)
+    want = top_k + skip
+    for s in range(0, len(qids), 256):
+        scores = Q[s:s + 256] @ E.T
+        extra = max(len(pos[q]) for q in qids[s:s + 256]) * 4 + 16
+        top_s, top_i = scores.topk(min(len(E), want + extra), dim=1)
+        for n, qid in enumerate(qids[s:s + 256]):
+            p = set(pos[qid])
+            ex = set(p)
+            for r in p:
+                ex.update(dups.get(r, ()))
+            s_pos = max(float(scores[n, r]) for r in p)
+            kept = [(int(i), float(v)) for v, i in zip(top_s[n], top_i[n])
+                    if int(i) not in ex and (margin is None or float(v) <= s_pos - margin)]
+            yield qid, sorted(p), kept[skip:skip + top_k]
+
+
+def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, skip=0, fmt="flag", quiet=False) -> int:
+    from negminer.data.load import load_dataset
+    from negminer.encoders import build_encoder
+    from negminer.errors import ConfigError
+
+    if fmt not in ("flag", "st"):
+        raise ConfigError(f"--format must be flag or st, not {fmt!r}")
+    ds = load_dataset(data)
+    model = build_encoder(str(model_dir))
+    texts = ds.target_inputs()
+    lines, n = [], 0
+    for qid, pos_rows, negs in mine(model, ds, split, top_k, margin, skip, progress=not quiet):
+        qtext = ds.query_texts[ds.query_index[qid]]
+        if fmt == "flag":
+            lines.append(json.dumps({"query": qtext, "pos": [texts[r] for r in pos_rows], "neg": [texts[r] for r, _ in negs],
+                                     "query_id": qid, "pos_ids": [ds.target_ids[r] for r in pos_rows],
+                                     "neg_ids": [ds.target_ids[r] for r, _ in negs],
+                                     "neg_scores": [round(v, 5) for _, v in negs]}) + "\n")
+        elif len(negs) == top_k:  # fixed columns: queries with fewer candidates are left out
+            for r in pos_rows:
+                row = {"anchor": qtext, "positive": texts[r]}
+                row.update({f"negative_{j + 1}": texts[c] for j, (c, _) in enumerate(negs)})
+                lines.append(json.dumps(row) + "\n")
+        n += 1
+    atomic_write_text(Path(out), "".join(lines))
+    if not quiet:
+        print(f"mined {top_k} negatives for {n} queries of {ds.name}/{split} -> {out}", file=sys.stderr)
+    return 0
