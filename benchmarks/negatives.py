@@ -1,0 +1,170 @@
+"""Negative samplers compared on real data, one process, same seed, steps and encoder.
+
+Per method: recall@10, ndcg@10 (test split), target-encoder forward passes (training encodes of
+positives and drawn negatives plus every refresh/fill of the store), query encodes, training wall
+time, peak RSS of the method's run, and at the end the sampler diagnostics against the exact softmax
+with fresh embeddings (TV, KL, exact top-10 found, gradient relative error and cosine).
+
+    python benchmarks/negatives.py --preset static     # static tower on gcide-rd (84K targets)
+    python benchmarks/negatives.py --preset minilm     # MiniLM on SciFact, shorter budget
+
+Writes benchmarks/results/negatives.json (rows of every preset run so far are kept, keyed by
+method and encoder), negatives.md (table) and negatives.png (quality against target encodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
+
+PRESETS = {
+    "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
+                   exact_every=10, ance_every=100, stream=8192, diag_batches=2),
+    "minilm": dict(data="scifact", encoder="minilm", steps=40, batch_size=16, lr=5e-5, k=2, qlen=32, tlen=64,
+                   exact_every=20, ance_every=20, stream=256, diag_batches=0, regimes=False),
+}
+
+
+def methods(p) -> list[tuple[str, dict]]:
+    k = p["k"]
+    base = [
+        ("inbatch", {"negatives": "inbatch"}),
+        ("uniform", {"negatives": "uniform", "num_negatives": k}),
+        (f"ance (R={p['ance_every']})", {"negatives": "ance", "num_negatives": k, "refresh_every": p["ance_every"]}),
+        ("cache (drawn only)", {"negatives": "cache", "num_negatives": k}),
+        ("cache (refresh 1%)", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01}),
+        ("cache-stream (fifo)", {"negatives": "cache-stream", "num_negatives": k, "cache_size": p["stream"]}),
+        (f"exact (R={p['exact_every']})", {"negatives": "exact", "num_negatives": k, "refresh_every": p["exact_every"]}),
+    ]
+    if not p.get("regimes", True):
+        return base
+    return base + [
+        # regimes where sampled hard negatives may pay: softer sampling, a margin against false negatives
+        ("cache 1%, tau_s=0.1", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
+                                 "sample_temperature": 0.1}),
+        ("cache 1%, margin 0.1", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01, "margin": 0.1}),
+        ("cache surrogate 1%", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
+                                "loss": "cache-surrogate", "inbatch": False}),
+    ]
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def run_method(ds, name, opts, p, args, tmp):
+    from negminer.config import resolve
+    from negminer.diagnostics import diagnose_trainer
+    from negminer.train.trainer import Trainer
+
+    cfg = resolve({"data": "", "out": str(Path(tmp) / name.replace(" ", "_").replace("/", "")), "encoder": p["encoder"],
+                   "steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"], "seed": args.seed,
+                   "query_max_length": p["qlen"], "target_max_length": p["tlen"], "quiet": True,
+                   "zero_shot": False, **opts})
+    reset_peak_rss()
+    tr = Trainer(cfg, dataset=ds)
+    m = tr.run()
+    row = {"method": name, "encoder": p["encoder"], "data": ds.name, "steps": p["steps"],
+           "recall@10": round(m["recall@10"], 4), "ndcg@10": round(m["ndcg@10"], 4),
+           "target_encodes": m["train"]["target_encodes"], "query_encodes": m["train"]["query_encodes"],
+           "seconds": m["train"]["seconds"], "peak_rss_mb": peak_rss_mb(), "options": opts}
+    if p["diag_batches"]:
+        diags = [diagnose_trainer(tr, p["steps"] + i) for i in range(p["diag_batches"])]
+        row["diagnostics"] = {k: round(sum(d[k] for d in diags) / len(diags), 4) for k in diags[0]}
+    return row
+
+
+def table(rows) -> str:
+    head = "| encoder | data | method | steps | recall@10 | ndcg@10 | target_encodes | seconds | peak RSS MB | TV | top10 found | grad cos |"
+    out = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        d = r.get("diagnostics") or {}
+        out.append(f"| {r['encoder']} | {r['data']} | {r['method']} | {r['steps']} | {r['recall@10']:.4f} | "
+                   f"{r['ndcg@10']:.4f} | {r['target_encodes']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
+                   f"{d.get('tv', float('nan')):.3f} | {d.get('top10_found', float('nan')):.2f} | "
+                   f"{d.get('grad_cosine', float('nan')):.3f} |")
+    return "\n".join(out)
+
+
+def plot(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    encoders = sorted({r["encoder"] for r in rows})
+    fig, axes = plt.subplots(1, len(encoders), figsize=(6.5 * len(encoders), 4.8), squeeze=False)
+    for ax, enc in zip(axes[0], encoders):
+        for r in [r for r in rows if r["encoder"] == enc]:
+            ax.scatter(r["target_encodes"], r["recall@10"], s=30)
+            ax.annotate(r["method"], (r["target_encodes"], r["recall@10"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("target-encoder forward passes")
+        ax.set_ylabel("recall@10 (test)")
+        ax.set_title(f"{enc} tower on {next(r['data'] for r in rows if r['encoder'] == enc)}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=list(PRESETS), default="static")
+    ap.add_argument("--steps", type=int, help="override the preset's steps")
+    ap.add_argument("--only", nargs="*", help="run only these method names")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    p = dict(PRESETS[args.preset])
+    if args.steps:
+        p["steps"] = args.steps
+    data = SHARED_DATA / p["data"]
+    if not data.exists():
+        print(f"skipped: {data} not found (the shared/ folder beside the repo)")
+        return 0
+    from negminer.data import load_dataset
+
+    ds = load_dataset(data)
+    new = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, opts in methods(p):
+            if args.only and name not in args.only:
+                continue
+            t = time.perf_counter()
+            row = run_method(ds, name, opts, p, args, tmp)
+            new.append(row)
+            print(f"{name:<24} recall@10 {row['recall@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "
+                  f"target_encodes {row['target_encodes']:>10,}  {row['seconds']:.0f}s train, "
+                  f"{time.perf_counter() - t:.0f}s total  {row.get('diagnostics', '')}", flush=True)
+    old = []
+    jf = RESULTS / "negatives.json"
+    if jf.exists():
+        old = [r for r in json.loads(jf.read_text()).get("rows", [])
+               if (r["method"], r["encoder"]) not in {(n["method"], n["encoder"]) for n in new}]
+    rows = sorted(old + new, key=lambda r: (r["encoder"] != "static", r["encoder"]))
+    write_result("negatives", {"rows": rows, "presets": PRESETS})
+    (RESULTS / "negatives.md").write_text(table(rows) + "\n")
+    plot(rows, RESULTS / "negatives.png")
+    print("\n" + table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
