@@ -109,3 +109,17 @@ def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, em
     ids = idx if cand is None else cand[idx]
     log_z = (scores * batch.loss_scale).masked_fill(bad, -math.inf).logsumexp(-1)
     return Draw(ids, log_q, torch.zeros_like(ids, dtype=torch.bool), log_z)
+
+
+def write_back(store, batch: Batch, draw: Draw, fresh: torch.Tensor | None, step: int) -> dict:
+    """Store the fresh embeddings of drawn targets and positives (encoded during step-1, at no extra
+    cost); returns the staleness and age the drawn rows had before."""
+    stats = {}
+    if fresh is not None and draw.ids.numel():
+        ids = draw.ids.flatten()
+        f = fresh.reshape(-1, fresh.shape[-1])
+        stats["staleness"] = store.staleness(ids, f)
+        stats["drawn_age"] = float((step - 1 - store.age[ids]).float().mean())
+        store.write(ids, f, step - 1)
+    store.write(batch.pos_rows, batch.pos_emb, step - 1)
+    return stats

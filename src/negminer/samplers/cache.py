@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from negminer.samplers.base import Sampler, excluded, scored_draw
+from negminer.samplers.base import Sampler, excluded, scored_draw, write_back
 
 
 class CacheSampler(Sampler):
@@ -50,14 +50,7 @@ class CacheSampler(Sampler):
                            batch, store.n)
 
     def update(self, batch, draw, fresh, model, store, step):
-        stats = {}
-        if fresh is not None and draw.ids.numel():
-            ids = draw.ids.flatten()
-            f = fresh.reshape(-1, fresh.shape[-1])
-            stats["staleness"] = store.staleness(ids, f)
-            stats["drawn_age"] = float((step - 1 - store.age[ids]).float().mean())
-            store.write(ids, f, step - 1)
-        store.write(batch.pos_rows, batch.pos_emb, step - 1)
+        stats = write_back(store, batch, draw, fresh, step)
         count = math.ceil(self.refresh_fraction * len(self.rows)) if self.refresh_fraction > 0 else 0
         if count:
             if self.refresh_order == "oldest":

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import torch
 
-from negminer.samplers.base import Draw, Sampler, excluded, scored_draw
+from negminer.samplers.base import Draw, Sampler, excluded, scored_draw, write_back
 
 
 class CacheStreamSampler(Sampler):
@@ -50,15 +50,9 @@ class CacheStreamSampler(Sampler):
             self.queue.popitem(last=False)
 
     def update(self, batch, draw, fresh, model, store, step):
-        stats = {}
-        if fresh is not None and draw.ids.numel():
-            ids = draw.ids.flatten()
-            f = fresh.reshape(-1, fresh.shape[-1])
-            stats["staleness"] = store.staleness(ids, f)
-            store.write(ids, f, step - 1)
-            if self.policy == "lru":
-                self._touch(ids.tolist())
-        store.write(batch.pos_rows, batch.pos_emb, step - 1)
+        stats = write_back(store, batch, draw, fresh, step)
+        if self.policy == "lru" and draw.ids.numel():
+            self._touch(draw.ids.flatten().tolist())
         self._touch(batch.pos_rows.tolist())
         self.last_stats = stats
 
