@@ -73,3 +73,18 @@ def test_refuses_to_overwrite_a_run(tiny_beir, tmp_path, capsys):
 def test_module_and_console_entry_points():
     r = subprocess.run([sys.executable, "-m", "negminer", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("negminer ")
+
+
+@pytest.mark.parametrize("extra", [["--bf16"], ["--no-shared"], ["--learn-temperature"], ["--epochs", "0.2"]])
+def test_training_options(tiny_beir, tmp_path, extra):
+    out = tmp_path / "o"
+    args = ["train", "--data", str(tiny_beir), "--out", str(out), "--encoder", "static", "--batch-size", "8",
+            "--lr", "0.05", "--quiet", "--no-zero-shot"]
+    assert main(args + (["--steps", "3"] if "--epochs" not in extra else []) + extra) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["train"]["steps"] == (3 if "--epochs" not in extra else round(0.2 * 120 // 8))
+    if "--no-shared" in extra:
+        assert (out / "model" / "query" / "modules.json").exists() and (out / "model" / "target").is_dir()
+    if "--learn-temperature" in extra:
+        saved = json.loads((out / "model" / "negminer.json").read_text())
+        assert saved["learn_temperature"] and saved["temperature"] != 0.05
