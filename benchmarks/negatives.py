@@ -27,8 +27,8 @@ from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
                    exact_every=10, ance_every=100, stream=8192, diag_batches=2),
-    "minilm": dict(data="scifact", encoder="minilm", steps=40, batch_size=16, lr=5e-5, k=2, qlen=32, tlen=64,
-                   exact_every=20, ance_every=20, stream=256, diag_batches=0, regimes=False),
+    "minilm": dict(data="scifact", encoder="minilm", steps=20, batch_size=16, lr=5e-5, k=2, qlen=32, tlen=48,
+                   exact_every=10, ance_every=10, stream=256, diag_batches=0, regimes=False),
 }
 
 

@@ -1,8 +1,19 @@
 """DualEncoder: query tower f and target tower g (one shared module or two), score = <f(q), g(t)> / tau.
 
-Saved layout: a shared model's directory is a sentence-transformers model (``SentenceTransformer(path)``
-gives the same embeddings as ``encode_targets``) plus ``negminer.json``; separate towers are saved as
-``path/query/`` and ``path/target/``, each a sentence-transformers model, plus ``path/negminer.json``.
+Saved layout (``save`` / ``load``):
+
+- shared towers: ``path`` is a sentence-transformers model directory (``SentenceTransformer(path)``
+  gives the same embeddings as ``encode_targets``; it truncates at the target max length) plus
+  ``negminer.json`` with our settings (kind, spec, pooling, normalize, temperature and its raw log,
+  max lengths, shared);
+- separate towers: ``path/query/`` and ``path/target/``, each a sentence-transformers model (load
+  one with ``SentenceTransformer(path / "query")``), plus ``path/negminer.json``. We do not write an
+  ST Router model: it does not load in sentence-transformers 3.x.
+
+Checkpoints: a shared tower is registered once (as ``query_tower``; ``target_tower`` is a property
+returning the same object), so ``state_dict()`` holds no aliased tensors and
+``safetensors.torch.save_file(model.state_dict())`` works. ``checkpoint_state()`` also returns CPU,
+contiguous, alias-free copies for towers with tied weights; ``load_checkpoint_state`` restores it.
 """
 
 from __future__ import annotations
@@ -11,31 +22,45 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-MAX_SCALE = 100.0  # 1 / tau is clamped to this when learned (as CLIP)
+from negminer.encoders import stdir
+from negminer.errors import ConfigError
+
+MIN_SCALE, MAX_SCALE = 1.0 / 100.0, 100.0  # a learned 1 / tau is clamped to this range (CLIP: max 100)
 
 
 class DualEncoder(nn.Module):
     def __init__(self, query_tower: nn.Module, target_tower: nn.Module | None = None, *, normalize: bool = True,
-                 temperature: float = 0.05, learn_temperature: bool = False, query_max_length: int = 32,
+                 temperature: float = 0.05, learn_temperature: bool = False, query_max_length: int = 64,
                  target_max_length: int = 128, spec: str = ""):
         super().__init__()
-        self.shared = target_tower is None
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+            raise ConfigError(f"temperature must be a positive number, not {temperature!r}")
+        if learn_temperature and not MIN_SCALE * (1 - 1e-6) <= 1.0 / temperature <= MAX_SCALE * (1 + 1e-6):
+            raise ConfigError(f"a learned temperature must start in [{1 / MAX_SCALE}, {1 / MIN_SCALE}], not {temperature}")
+        for name, n in (("query_max_length", query_max_length), ("target_max_length", target_max_length)):
+            if not (isinstance(n, int) and n > 0):
+                raise ConfigError(f"{name} must be a positive integer, not {n!r}")
+        self.shared = target_tower is None or target_tower is query_tower
         self.query_tower = query_tower
-        self.target_tower = query_tower if self.shared else target_tower
+        if not self.shared:
+            self._modules["target_tower"] = target_tower  # add_module would trip over the property
         self.normalize, self.learn_temperature, self.spec = normalize, learn_temperature, spec
         self.query_max_length, self.target_max_length = query_max_length, target_max_length
-        log_scale = torch.tensor(math.log(1.0 / temperature))
+        log_scale = torch.tensor(math.log(1.0 / temperature), dtype=torch.float32)
         if learn_temperature:
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    @property
+    def target_tower(self) -> nn.Module:
+        return self.query_tower if self.shared else self._modules["target_tower"]
 
     @property
     def device(self) -> torch.device:
@@ -46,19 +71,23 @@ class DualEncoder(nn.Module):
         return self.target_tower.dim
 
     def logit_scale(self) -> torch.Tensor:
-        return self.log_scale.clamp(max=math.log(MAX_SCALE)).exp()
+        """1 / tau as a scalar tensor (with grad when learned; clamped to [MIN_SCALE, MAX_SCALE] then)."""
+        if self.learn_temperature:
+            return self.log_scale.clamp(math.log(MIN_SCALE), math.log(MAX_SCALE)).exp()
+        return self.log_scale.exp()
 
     @property
     def temperature(self) -> float:
         return float(1.0 / self.logit_scale().detach())
 
-    def tokenize_queries(self, texts):
+    # ---- with gradient ---------------------------------------------------------------------
+    def tokenize_queries(self, texts) -> dict[str, torch.Tensor]:
         return self.query_tower.tokenize(texts, self.query_max_length)
 
-    def tokenize_targets(self, texts):
+    def tokenize_targets(self, texts) -> dict[str, torch.Tensor]:
         return self.target_tower.tokenize(texts, self.target_max_length)
 
-    def _embed(self, tower, features):
+    def _embed(self, tower, features) -> torch.Tensor:
         dev = self.device
         x = tower({k: v.to(dev) for k, v in features.items()})
         return F.normalize(x, dim=-1) if self.normalize else x
@@ -69,77 +98,107 @@ class DualEncoder(nn.Module):
     def embed_targets(self, features) -> torch.Tensor:
         return self._embed(self.target_tower, features)
 
+    # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode(self, texts, tokenize, embed, batch_size, progress, desc):
+    def _encode(self, texts, tokenize, embed, batch_size, progress, desc) -> torch.Tensor:
         from tqdm.auto import tqdm
 
         was_training = self.training
         self.eval()
         n = len(texts)
-        order = sorted(range(n), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+        order = sorted(range(n), key=lambda i: -len(texts[i]))  # similar lengths share a batch (less padding)
         out = torch.empty(n, self.dim)
         try:
             for s in tqdm(range(0, n, batch_size), disable=not progress, desc=desc, unit="batch", leave=False):
                 idx = order[s:s + batch_size]
-                out[idx] = embed(tokenize([texts[i] for i in idx])).float().cpu()
+                out[idx] = embed(tokenize([texts[i] for i in idx])).float().cpu()  # unsort: rows by index
         finally:
             self.train(was_training)
         return out
 
+    @torch.no_grad()
     def encode_queries(self, texts, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """float32 [n, d] on CPU, in input order; eval mode inside, training mode restored."""
         return self._encode(texts, self.tokenize_queries, self.embed_queries, batch_size, progress, "encode queries")
 
+    @torch.no_grad()
     def encode_targets(self, texts, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         return self._encode(texts, self.tokenize_targets, self.embed_targets, batch_size, progress, "encode targets")
 
-    # ---- persistence ----------------------------------------------------------------------
+    # ---- checkpoints -----------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """state_dict as CPU, contiguous tensors sharing no memory (safe for safetensors.save_file)."""
+        out, seen = {}, set()
+        for k, v in self.state_dict().items():
+            v = v.detach().cpu().contiguous()
+            key = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+            out[k] = v.clone() if key in seen else v
+            seen.add(key)
+        return out
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor], strict: bool = True):
+        if self.shared:  # a shared tower's weights are stored once, under query_tower.
+            state = {k: v for k, v in state.items() if not k.startswith("target_tower.")}
+        return self.load_state_dict(state, strict=strict)
+
+    # ---- persistence -----------------------------------------------------------------------
     def settings(self) -> dict:
-        return {"format": 1, "kind": self.target_tower.kind, "shared": self.shared, "normalize": self.normalize,
-                "pooling": self.target_tower.pooling, "temperature": self.temperature,
-                "learn_temperature": self.learn_temperature, "query_max_length": self.query_max_length,
-                "target_max_length": self.target_max_length, "spec": self.spec}
+        return {"format": 1, "kind": self.target_tower.kind, "spec": self.spec, "shared": self.shared,
+                "pooling": self.target_tower.pooling, "normalize": self.normalize,
+                "temperature": self.temperature, "learn_temperature": self.learn_temperature,
+                "log_scale": float(self.log_scale.detach()), "query_max_length": self.query_max_length,
+                "target_max_length": self.target_max_length}
 
     def save(self, path) -> None:
-        """Write atomically: a temporary sibling folder renamed into place."""
+        """Write to a temporary sibling folder, then rename it into place (replacing an older save)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        tmp = stdir.make_temp_dir(path.parent, path.name)
+        old = tmp.with_name(tmp.name + ".old")
         try:
             if self.shared:
                 self.target_tower.save(tmp, self.target_max_length, self.normalize)
             else:
                 self.query_tower.save(tmp / "query", self.query_max_length, self.normalize)
                 self.target_tower.save(tmp / "target", self.target_max_length, self.normalize)
-            (tmp / "negminer.json").write_text(json.dumps(self.settings(), indent=2))
+            stdir.write_json(tmp / "negminer.json", self.settings())
+            stdir.fix_permissions(tmp)
             if path.exists():
-                shutil.rmtree(path)
+                os.replace(path, old)
             os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "DualEncoder":
-        from negminer.errors import ConfigError
+        """Restore a model written by ``save`` (towers, settings, learned temperature)."""
+        from negminer.encoders.hf import HFTower
+        from negminer.encoders.static import StaticTower
 
         path = Path(path)
-        meta_path = path / "negminer.json"
-        if not meta_path.is_file():
-            raise ConfigError(f"{path}: not a saved negminer model (no negminer.json)")
-        meta = json.loads(meta_path.read_text())
-        tower = _load_tower(meta["kind"], meta.get("pooling", "mean"))
-        q = tower(path if meta["shared"] else path / "query")
-        t = None if meta["shared"] else tower(path / "target")
-        model = cls(q, t, normalize=meta["normalize"], temperature=meta["temperature"],
-                    learn_temperature=meta["learn_temperature"], query_max_length=meta["query_max_length"],
-                    target_max_length=meta["target_max_length"], spec=meta.get("spec", ""))
+        try:
+            meta = json.loads((path / "negminer.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not a saved negminer model (negminer.json: {e})") from None
+        if meta.get("kind") == "static":
+            tower = StaticTower.from_saved
+        else:
+            def tower(p):
+                return HFTower(p, pooling=meta.get("pooling", "mean"))
+        try:
+            q = tower(path if meta["shared"] else path / "query")
+            t = None if meta["shared"] else tower(path / "target")
+            model = cls(q, t, normalize=meta["normalize"], temperature=meta["temperature"],
+                        learn_temperature=meta["learn_temperature"], query_max_length=meta["query_max_length"],
+                        target_max_length=meta["target_max_length"], spec=meta.get("spec", ""))
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign directory
+            raise ConfigError(f"{path}: cannot load the saved negminer model: {type(e).__name__}: {e}") from None
+        if "log_scale" in meta:  # exact, even beyond the clamp
+            with torch.no_grad():
+                model.log_scale.fill_(meta["log_scale"])
         return model.to(device)
-
-
-def _load_tower(kind: str, pooling: str):
-    from negminer.encoders.hf import HFTower
-    from negminer.encoders.static import StaticTower
-
-    if kind == "static":
-        return StaticTower.from_saved
-    return lambda p: HFTower(p, pooling=pooling)

@@ -1,13 +1,16 @@
-"""Hugging Face transformer tower: AutoModel + mean (or CLS) pooling over the attention mask."""
+"""Hugging Face transformer tower: AutoModel + mean (or CLS) pooling over the attention mask.
+
+Mean pooling is sentence-transformers' ``Pooling(mode="mean")``: sum(h * mask) / max(sum(mask), 1e-9).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from negminer.encoders import stdir
 from negminer.encoders.quiet import quiet_transformers
 
 
@@ -15,9 +18,11 @@ class HFTower(nn.Module):
     kind = "hf"
 
     def __init__(self, path: str | Path, pooling: str = "mean"):
+        """``path``: a transformer directory, or a sentence-transformers one (its Transformer module is used)."""
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
+        path = stdir.module_dir(path, "Transformer") or Path(path)
         with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
@@ -39,21 +44,14 @@ class HFTower(nn.Module):
         return (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
     def save(self, path: Path, max_length: int, normalize: bool) -> None:
-        """A sentence-transformers directory: Transformer at the root, Pooling, optional Normalize."""
+        """A sentence-transformers directory: Transformer at the root, 1_Pooling, optional 2_Normalize."""
         path.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
-            self.model.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
-        (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length, "do_lower_case": False}))
-        (path / "1_Pooling").mkdir(exist_ok=True)
-        (path / "1_Pooling" / "config.json").write_text(json.dumps({
+            self.model.save_pretrained(str(path))  # safetensors (the default)
+            self.tokenizer.save_pretrained(str(path))
+        stdir.write_json(path / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+        stdir.write_modules(path, [("", stdir.TRANSFORMER), ("1_Pooling", stdir.POOLING)], normalize)
+        stdir.write_json(path / "1_Pooling" / "config.json", {
             "word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
             "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-        if normalize:
-            (path / "2_Normalize").mkdir(exist_ok=True)
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (path / "modules.json").write_text(json.dumps(modules, indent=2))
-        (path / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine" if normalize else "dot"}))
+            "pooling_mode_mean_sqrt_len_tokens": False})

@@ -1,4 +1,4 @@
-"""Silence transformers' loading bars and warnings while our loaders run."""
+"""Silence transformers' loading bars and warnings while our loaders run (restored afterwards)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import os
 
 @contextlib.contextmanager
 def quiet_transformers():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
-        logging.enable_progress_bar()
+        if bars:
+            logging.enable_progress_bar()

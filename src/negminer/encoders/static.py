@@ -1,18 +1,36 @@
-"""Static tower: a trainable bag of token embeddings (mean), initialised from a transformer's
-input embeddings. Tokenises like sentence-transformers' StaticEmbedding (fast tokenizer, no special
-tokens), so a saved static tower loads in ``SentenceTransformer`` and gives the same vectors.
-Hundreds of times cheaper than a transformer on CPU: for experiments and tests.
+"""Static tower: a trainable bag of token embeddings (mean), initialised from a transformer's input
+embeddings. Behaves exactly like sentence-transformers' ``StaticEmbedding``: the same fast tokenizer,
+no special tokens, no padding, ``nn.EmbeddingBag(mode="mean")`` over (input_ids, offsets). Truncation
+to ``max_length`` is stored in the saved tokenizer.json, so ``SentenceTransformer(path)`` gives the
+same vectors. Hundreds of times cheaper than a transformer on CPU: for experiments and tests.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from negminer.encoders import stdir
+from negminer.encoders.quiet import quiet_transformers
+
+
+def _tokenizer(path: Path):
+    """The directory's fast tokenizer (tokenizers.Tokenizer): tokenizer.json, else converted by transformers."""
+    from tokenizers import Tokenizer
+
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{path}: the static tower needs a fast tokenizer (tokenizer.json)")
+    return tok.backend_tokenizer
 
 
 class StaticTower(nn.Module):
@@ -27,21 +45,19 @@ class StaticTower(nn.Module):
 
     @classmethod
     def from_transformer(cls, path: str | Path) -> "StaticTower":
-        from tokenizers import Tokenizer
+        """From a transformer (or sentence-transformers) directory: its input token embeddings."""
         from transformers import AutoModel
 
-        from negminer.encoders.quiet import quiet_transformers
-
+        path = stdir.module_dir(path, "Transformer") or Path(path)
         with quiet_transformers():
             weights = AutoModel.from_pretrained(str(path), local_files_only=True).get_input_embeddings().weight
-        return cls(Tokenizer.from_file(str(Path(path) / "tokenizer.json")), weights)
+        return cls(_tokenizer(path), weights)
 
     @classmethod
     def from_saved(cls, path: str | Path) -> "StaticTower":
-        from tokenizers import Tokenizer
-
-        return cls(Tokenizer.from_file(str(Path(path) / "tokenizer.json")),
-                   load_file(str(Path(path) / "model.safetensors"))["embedding.weight"])
+        """From a saved StaticEmbedding (ours, or any sentence-transformers static model)."""
+        path = stdir.module_dir(path, "StaticEmbedding") or Path(path)
+        return cls(_tokenizer(path), load_file(str(path / "model.safetensors"))["embedding.weight"])
 
     @property
     def dim(self) -> int:
@@ -50,20 +66,16 @@ class StaticTower(nn.Module):
     def tokenize(self, texts, max_length: int) -> dict[str, torch.Tensor]:
         self.tokenizer.enable_truncation(max_length)
         ids = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
-        offsets = torch.from_numpy(np.cumsum([0] + [len(x) for x in ids[:-1]]))
+        offsets = torch.from_numpy(np.cumsum([0] + [len(x) for x in ids[:-1]], dtype=np.int64)[:len(ids)])
         return {"input_ids": torch.tensor([t for x in ids for t in x], dtype=torch.long), "offsets": offsets}
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.embedding(features["input_ids"], features["offsets"])
 
     def save(self, path: Path, max_length: int, normalize: bool) -> None:
+        """A sentence-transformers directory: StaticEmbedding at the root, optional 1_Normalize."""
         path.mkdir(parents=True, exist_ok=True)
         save_file({"embedding.weight": self.embedding.weight.detach().cpu().contiguous()}, str(path / "model.safetensors"))
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.save(str(path / "tokenizer.json"))
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.StaticEmbedding"}]
-        if normalize:
-            (path / "1_Normalize").mkdir(exist_ok=True)
-            modules.append({"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (path / "modules.json").write_text(json.dumps(modules, indent=2))
-        (path / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine" if normalize else "dot"}))
+        stdir.write_modules(path, [("", stdir.STATIC)], normalize)
