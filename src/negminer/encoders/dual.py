@@ -10,6 +10,10 @@ Saved layout (``save`` / ``load``):
   one with ``SentenceTransformer(path / "query")``), plus ``path/negminer.json``. We do not write an
   ST Router model: it does not load in sentence-transformers 3.x.
 
+Per tower: HF = Transformer at the root + ``1_Pooling`` (+ ``2_Normalize``); static =
+``0_StaticEmbedding`` (+ ``1_Normalize``). Weights are safetensors. Loads in sentence-transformers 6.2
+(tested) and 3.4 (checked by hand), with the same embeddings.
+
 Checkpoints: a shared tower is registered once (as ``query_tower``; ``target_tower`` is a property
 returning the same object), so ``state_dict()`` holds no aliased tensors and
 ``safetensors.torch.save_file(model.state_dict())`` works. ``checkpoint_state()`` also returns CPU,

@@ -73,9 +73,11 @@ class StaticTower(nn.Module):
         return self.embedding(features["input_ids"], features["offsets"])
 
     def save(self, path: Path, max_length: int, normalize: bool) -> None:
-        """A sentence-transformers directory: StaticEmbedding at the root, optional 1_Normalize."""
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding.weight": self.embedding.weight.detach().cpu().contiguous()}, str(path / "model.safetensors"))
+        """A sentence-transformers directory: 0_StaticEmbedding, optional 1_Normalize (the layout ST
+        itself writes; sentence-transformers 3.x cannot load a StaticEmbedding at the root)."""
+        sub = path / "0_StaticEmbedding"
+        sub.mkdir(parents=True, exist_ok=True)
+        save_file({"embedding.weight": self.embedding.weight.detach().cpu().contiguous()}, str(sub / "model.safetensors"))
         self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.save(str(path / "tokenizer.json"))
-        stdir.write_modules(path, [("", stdir.STATIC)], normalize)
+        self.tokenizer.save(str(sub / "tokenizer.json"))
+        stdir.write_modules(path, [("0_StaticEmbedding", stdir.STATIC)], normalize)
