@@ -5,8 +5,15 @@ For each query with at least one relevant target (grade > 0), over the ranked ru
   mrr@10   = 1 / rank of the first relevant target in the top 10 (0 if none)
   ndcg@10  = DCG@10 / IDCG@10 with DCG = sum_i grade_i / log2(i + 1) (linear gains, as trec_eval);
              IDCG from all judged relevant targets sorted by grade.
-Values are means over those queries; a query missing from the run scores 0. Ties: the run's order
-is used as given (trec_eval would re-sort equal scores by target id).
+Values are means over those queries; a query missing from the run scores 0 on every metric, and
+queries whose judgements are all <= 0 are left out (not counted in ``num_queries``).
+
+Ties: the run's order is used as given (best first), whatever the scores. trec_eval / ir-measures
+instead re-sort by score and break equal scores by target id (descending), so the two can differ
+only where a run has equal scores; with distinct scores they agree to float precision.
+
+    compute_metrics({"q1": [("d3", 0.9), ("d1", 0.5)]}, {"q1": {"d1": 2, "d7": 0}})
+    compute_metrics(run, qrels, per_query=True)  # {"mean": {...}, "per_query": {qid: {...}}}
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ def query_metrics(ranked: list[str], judged: dict[str, int]) -> dict[str, float]
 
 def compute_metrics(run: dict[str, list[tuple[str, float]]], qrels: dict[str, dict[str, int]],
                     per_query: bool = False) -> dict:
-    """Mean metrics over the queries of ``qrels`` that have a relevant target."""
+    """Mean metrics over the queries of ``qrels`` that have a relevant target (keys: METRIC_KEYS).
+
+    ``run[qid]`` is ranked best first. With ``per_query``, returns ``{"mean": <that dict>,
+    "per_query": {qid: {metric: value}}}`` instead.
+    """
     per = {}
     for qid, judged in qrels.items():
         if not any(g > 0 for g in judged.values()):
