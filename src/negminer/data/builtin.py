@@ -5,7 +5,8 @@ target = its signature and body with the docstring removed (``ast.unparse``, bod
 
 Built with ``ast`` from the stdlib sources (no network), deterministic (files sorted, selection
 and split by SHA-1 of the qualified name), capped at 5,000 pairs: 500 test queries, the rest train.
-The first build is cached in BEIR layout under ``$NEGMINER_CACHE`` (default ~/.cache/negminer).
+The first build (a few seconds) is cached in BEIR layout, written atomically, under
+``$NEGMINER_CACHE/builtin/pycode-<python version>`` (default ``~/.cache/negminer``); later loads read it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import ast
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import sys
 import sysconfig
 import tempfile
+import textwrap
 from pathlib import Path
 
 from negminer.errors import DataError
@@ -30,9 +33,25 @@ SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "site-packages
 _SENTENCE = re.compile(r"^(.+?[.!?])(\s|$)", re.S)
 
 
+FORMAT = 2  # bump when the build changes: older caches are rebuilt
+STAMP = "negminer-builtin.json"
+
+
 def cache_dir() -> Path:
-    base = Path(os.environ.get("NEGMINER_CACHE", Path.home() / ".cache" / "negminer"))
-    return base / "builtin" / f"pycode-py{sys.version_info.major}.{sys.version_info.minor}"
+    """``$NEGMINER_CACHE/builtin/pycode-<python version>`` (default ``~/.cache/negminer``)."""
+    base = Path(os.environ.get("NEGMINER_CACHE") or Path.home() / ".cache" / "negminer")
+    return base / "builtin" / f"pycode-{platform.python_version()}"
+
+
+def _stamp() -> dict:
+    return {"name": "pycode", "format": FORMAT, "python": sys.version}
+
+
+def _cached(out: Path) -> bool:
+    try:
+        return json.loads((out / STAMP).read_text(encoding="utf-8")) == _stamp()
+    except (OSError, ValueError):
+        return False
 
 
 def _first_sentence(doc: str) -> str | None:
@@ -45,31 +64,61 @@ def _first_sentence(doc: str) -> str | None:
     return s
 
 
-def _strip_docstring(node):
-    """A copy of ``node`` with its docstring, and those of nested functions and classes, removed."""
-    node = ast.parse(ast.unparse(node)).body[0]
-    for n in ast.walk(node):
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _strip_docstrings(stmts: list) -> None:
+    """Remove, in place, the docstring of every function and class among ``stmts`` and nested blocks
+    (defs only occur in statement lists, so expressions are not walked)."""
+    for n in stmts:
+        if isinstance(n, _DEFS) and n.body:
             first = n.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
                 n.body = n.body[1:] or [ast.Pass()]
-    return node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            sub = getattr(n, name, None)
+            if isinstance(sub, list):
+                _strip_docstrings(sub)
+
+
+def _code(node) -> str:
+    """Signature (with decorators) and body, unparsing statements only until MAX_CHARS is reached."""
+    body, node.body = node.body, [ast.Pass()]
+    try:
+        head = ast.unparse(node).rsplit("\n", 1)[0]  # drop the placeholder "    pass"
+    finally:
+        node.body = body
+    parts, size = [head], len(head)
+    for stmt in body:
+        if size >= MAX_CHARS:
+            break
+        parts.append(textwrap.indent(ast.unparse(stmt), "    "))
+        size += len(parts[-1]) + 1
+    return "\n".join(parts)[:MAX_CHARS]
+
+
+def _sources(stdlib: Path) -> list[Path]:
+    """The stdlib's .py files, sorted, without tests, GUI code and installed packages."""
+    out = []
+    for d, dirs, files in os.walk(stdlib):
+        dirs[:] = [x for x in dirs if x not in SKIP_DIRS and not x.startswith("test")]
+        out += [Path(d) / f for f in files if f.endswith(".py") and not f.startswith("test")]
+    return sorted(out)
 
 
 def _items(stdlib: Path):
-    for path in sorted(stdlib.rglob("*.py")):
+    """(qualified name, query, code) of every documented public function, method and class."""
+    for path in _sources(stdlib):
         rel = path.relative_to(stdlib)
-        if any(part in SKIP_DIRS or part.startswith("test") for part in rel.parts[:-1]) or rel.name.startswith("test"):
-            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
-        stack = [(n, module) for n in tree.body]
-        while stack:
+        found, stack = [], [(n, module) for n in tree.body]
+        while stack:  # breadth first: module level, then class members
             node, prefix = stack.pop(0)
-            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            if not isinstance(node, _DEFS) or node.name.startswith("_"):
                 continue
             qual = f"{prefix}.{node.name}"
             if isinstance(node, ast.ClassDef):
@@ -77,11 +126,13 @@ def _items(stdlib: Path):
             doc = ast.get_docstring(node)
             query = _first_sentence(doc) if doc else None
             if query:
-                try:
-                    code = ast.unparse(_strip_docstring(node))
-                except Exception:  # noqa: BLE001 - odd syntax trees are skipped
-                    continue
-                yield qual, query, code[:MAX_CHARS]
+                found.append((qual, query, node))
+        _strip_docstrings(tree.body)  # after reading them all: nested docstrings must not leak into targets
+        for qual, query, node in found:
+            try:
+                yield qual, query, _code(node)
+            except Exception:  # noqa: BLE001 - odd syntax trees are skipped
+                continue
 
 
 def _h(s: str) -> str:
@@ -105,7 +156,8 @@ def build_pycode(out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
         (tmp / "qrels").mkdir()
-        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as c, open(tmp / "queries.jsonl", "w", encoding="utf-8") as q:
+        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as c, \
+                open(tmp / "queries.jsonl", "w", encoding="utf-8") as q:
             for qual, query, code in sorted(pairs):
                 c.write(json.dumps({"_id": qual, "title": "", "text": code}) + "\n")
                 q.write(json.dumps({"_id": "q:" + qual, "text": query}) + "\n")
@@ -115,11 +167,19 @@ def build_pycode(out: Path) -> None:
                 for qual, _, _ in sorted(pairs):
                     if (qual in test) == (split == "test"):
                         f.write(f"q:{qual}\t{qual}\t1\n")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
+        (tmp / STAMP).write_text(json.dumps(_stamp()), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out.exists() and not _cached(out):  # stale or broken: move it aside, then drop it
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
+            os.replace(out, old / "x")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, out)  # atomic: readers see the whole folder or none
+        except OSError:
+            if not _cached(out):  # not another process that finished first
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_builtin(name: str):
@@ -128,7 +188,10 @@ def load_builtin(name: str):
     if name not in BUILTINS:
         raise DataError(f"builtin:{name}", f"unknown built-in dataset; choose from {', '.join(BUILTINS)}")
     out = cache_dir()
-    if not (out / "qrels" / "test.tsv").is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        build_pycode(out)
+    if not _cached(out):
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            build_pycode(out)
+        except OSError as e:
+            raise DataError(out, f"cannot write the builtin:{name} cache ({e}); set NEGMINER_CACHE") from None
     return load_beir(out, name=f"builtin:{name}")

@@ -25,12 +25,12 @@ def load_dataset(spec: str | Path) -> Dataset:
     from negminer.data.msmarco import is_msmarco, load_msmarco
     from negminer.data.pairs import load_pairs, pair_files
 
-    if is_beir(p):
-        return load_beir(p)
+    if is_beir(p) or (p / "corpus.jsonl").is_file() or (p / "corpus.jsonl.gz").is_file():
+        return load_beir(p)  # names any missing BEIR file
     if is_msmarco(p):
         return load_msmarco(p)
     if (p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))) or (p.is_dir() and pair_files(p)):
         return load_pairs(p)
     raise DataError(p, "unknown dataset layout: looked for BEIR (corpus.jsonl + queries.jsonl + qrels/), "
                        "MS MARCO TSV (collection.tsv + queries.<split>.tsv + qrels.<split>.tsv) and JSONL pairs "
-                       "(a .jsonl file, or train.jsonl/test.jsonl)")
+                       "(a .jsonl file, a folder with train.jsonl/dev.jsonl/test.jsonl or a single .jsonl)")

@@ -34,28 +34,30 @@ def load_msmarco(root: str | Path, name: str | None = None) -> Dataset:
         if not text.strip() and not title.strip():
             raise DataError(coll, "empty text", line=no, field="text")
         ids.append(cols[0]), titles.append(title), texts.append(text)
-    qids, qtexts, qtable = [], [], IdTable(root, "query")
+    queries: dict[str, str] = {}  # qid -> text, over all queries.<split>.tsv files
     query_files = sorted(root.glob("queries.*.tsv")) + sorted(root.glob("queries.*.tsv.gz"))
     if not query_files:
         raise DataError(root, "no queries.<split>.tsv next to collection.tsv")
     for qf in query_files:
-        qtable.path = qf
+        qtable = IdTable(qf, "query")
         for no, cols in tsv_rows(qf, (2,)):
-            if no == 1 and is_header(cols) and cols[1].lower() in ("text", "query"):
+            if no == 1 and is_header(cols):
                 continue
             qid, text = cols
-            if qid in qtable.seen and qtexts[qids.index(qid)] == text:
-                continue  # the same query listed in two split files
-            qtable.add(no, qid)
+            qtable.add(no, qid)  # duplicates within one file are errors
             if not text.strip():
                 raise DataError(qf, "empty text", line=no, field="text")
-            qids.append(qid), qtexts.append(text)
+            if queries.setdefault(qid, text) != text:  # dev.small repeats dev: same text is fine
+                raise DataError(qf, f"query id {qid!r} has another text in an earlier queries file", line=no)
+    qids, qtexts = list(queries), list(queries.values())
     qset, tset = set(qids), set(ids)
     qrels: dict = {}
-    for rf in sorted(root.glob("qrels.*.tsv")) + sorted(root.glob("qrels.*.tsv.gz")):
+    order = {"train": 0, "dev": 1, "test": 2}
+    qrel_files = list(root.glob("qrels.*.tsv")) + list(root.glob("qrels.*.tsv.gz"))
+    for rf in sorted(qrel_files, key=lambda f: (order.get(_split(f, "qrels").split(".")[0], 3), f.name)):
         split = qrels.setdefault(_split(rf, "qrels"), {})
         for no, cols in tsv_rows(rf, (2, 3, 4)):
-            if no == 1 and is_header(cols):
+            if no == 1 and is_header(cols, qset):
                 continue
             if len(cols) == 4:
                 qid, pid, g = cols[0], cols[2], grade(rf, no, cols[3])

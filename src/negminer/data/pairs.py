@@ -4,8 +4,11 @@ Accepted keys (the sentence-transformers and FlagEmbedding conventions):
 ``query`` | ``anchor`` | ``question``; ``positive`` | ``pos`` (string or list);
 ``negative`` | ``negatives`` | ``neg`` (string or list, optional).
 A file gives split ``train``; a folder of ``train.jsonl`` / ``dev.jsonl`` / ``test.jsonl`` gives those
-splits. Targets are the unique texts (id = ``t`` + 16 hex of their SHA-1); a query text seen on
-several lines becomes one query with all those positives.
+splits (``validation`` is read as ``dev``); a folder holding a single other ``.jsonl`` gives ``train``.
+A file passed directly is read alone (its siblings are not looked at). Targets are the unique texts
+(id = ``t`` + 16 hex of their SHA-1; queries likewise with ``q``); a query text seen on several lines
+becomes one query with all those positives. Given negatives go to ``hard_negatives`` (deduplicated,
+never one of the query's positives).
 """
 
 from __future__ import annotations
@@ -46,16 +49,29 @@ def _texts(path, no, rec, keys, required):
 
 
 def pair_files(path: Path) -> dict[str, Path]:
+    """split -> file: a file is ``train``; a folder gives its train/dev/validation/test.jsonl[.gz],
+    or, with none of those, its only .jsonl file as ``train``."""
     if path.is_file():
         return {"train": path}
-    return {s: path / f"{s}.jsonl" for s in SPLITS if (path / f"{s}.jsonl").is_file()}
+    if not path.is_dir():
+        return {}
+    found = {}
+    for s in SPLITS:
+        for name in (f"{s}.jsonl", f"{s}.jsonl.gz"):
+            if s not in found and (path / name).is_file():
+                found[s] = path / name
+    if not found:
+        files = sorted(path.glob("*.jsonl")) + sorted(path.glob("*.jsonl.gz"))
+        if len(files) == 1:
+            found["train"] = files[0]
+    return found
 
 
 def load_pairs(path: str | Path, name: str | None = None) -> Dataset:
     path = Path(path)
     files = pair_files(path)
     if not files:
-        raise DataError(path, "no JSONL pairs file (train.jsonl, dev.jsonl, test.jsonl)")
+        raise DataError(path, "no JSONL pairs file (train.jsonl, dev.jsonl, test.jsonl, or a single .jsonl)")
     targets: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, dict[str, int]]] = {}
@@ -77,6 +93,9 @@ def load_pairs(path: str | Path, name: str | None = None) -> Dataset:
                 tid = _hid("t", t)
                 targets[tid] = t
                 negs.setdefault(qid, []).append(tid)
+    for qid, ids in negs.items():  # once each, never one of the query's own positives
+        pos = {t for judged in qrels.values() for t in judged.get(qid, {})}
+        negs[qid] = [t for t in dict.fromkeys(ids) if t not in pos]
     tids = list(targets)
-    return Dataset(name or path.stem, tids, [targets[t] for t in tids], [""] * len(tids), list(queries),
+    return Dataset(name or path.name.split(".")[0], tids, [targets[t] for t in tids], [""] * len(tids), list(queries),
                    list(queries.values()), qrels, hard_negatives=negs, source=str(path))
