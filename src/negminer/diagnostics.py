@@ -93,7 +93,8 @@ def diagnose_trainer(trainer, step: int) -> dict:
     """Diagnostics on the batch of ``step`` (the store is read, not changed)."""
     idx, pos_rows = trainer._batch(step)
     m = trainer.model
-    E = m.encode_targets(trainer.target_inputs, batch_size=trainer.cfg.eval_batch_size)
+    E = (trainer.store.embed(range(trainer.store.n), m, batch_size=trainer.cfg.eval_batch_size)
+         if trainer.store is not None else m.encode_targets(trainer.target_inputs, batch_size=trainer.cfg.eval_batch_size))
     q = m.encode_queries([trainer.query_texts[i] for i in idx])
     batch = trainer.make_batch(step, idx, pos_rows, E[torch.as_tensor(pos_rows)])
     with torch.enable_grad():

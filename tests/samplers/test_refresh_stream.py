@@ -10,12 +10,19 @@ from negminer.store import TargetStore
 
 
 class Model:
-    def __init__(self, E):
-        self.E, self.calls = E, 0
+    """Target text i tokenises to [i] and embeds to E[i]; counts encodes."""
 
-    def encode_targets(self, texts, batch_size=128, progress=False):
-        self.calls += len(texts)
-        return self.E[[int(t) for t in texts]]
+    target_max_length = 1
+
+    def __init__(self, E):
+        self.E, self.calls, self.target_tower = E, 0, self
+
+    def target_token_ids(self, texts):
+        return [[int(t)] for t in texts]
+
+    def encode_target_ids(self, ids, batch_size=128, progress=False):
+        self.calls += len(ids)
+        return self.E[[x[0] for x in ids]]
 
 
 def make(n=50, d=8, seed=0):

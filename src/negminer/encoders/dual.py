@@ -104,18 +104,19 @@ class DualEncoder(nn.Module):
 
     # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
-    def _encode(self, texts, tokenize, embed, batch_size, progress, desc) -> torch.Tensor:
+    def _encode(self, items, featurize, embed, batch_size, progress, desc) -> torch.Tensor:
+        """``items``: texts, or token-id rows with ``featurize=collate``."""
         from tqdm.auto import tqdm
 
         was_training = self.training
         self.eval()
-        n = len(texts)
-        order = sorted(range(n), key=lambda i: -len(texts[i]))  # similar lengths share a batch (less padding)
+        n = len(items)
+        order = sorted(range(n), key=lambda i: -len(items[i]))  # similar lengths share a batch (less padding)
         out = torch.empty(n, self.dim)
         try:
             for s in tqdm(range(0, n, batch_size), disable=not progress, desc=desc, unit="batch", leave=False):
                 idx = order[s:s + batch_size]
-                out[idx] = embed(tokenize([texts[i] for i in idx])).float().cpu()  # unsort: rows by index
+                out[idx] = embed(featurize([items[i] for i in idx])).float().cpu()  # unsort: rows by index
         finally:
             self.train(was_training)
         return out
@@ -128,6 +129,18 @@ class DualEncoder(nn.Module):
     @torch.no_grad()
     def encode_targets(self, texts, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         return self._encode(texts, self.tokenize_targets, self.embed_targets, batch_size, progress, "encode targets")
+
+    # pre-tokenised targets (the target store keeps these so that a refresh does not tokenise again)
+    def target_token_ids(self, texts) -> list[list[int]]:
+        return self.target_tower.token_ids(texts, self.target_max_length)
+
+    def collate_targets(self, ids) -> dict[str, torch.Tensor]:
+        return self.target_tower.collate(ids)
+
+    @torch.no_grad()
+    def encode_target_ids(self, ids, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+        """``encode_targets`` from ``target_token_ids`` rows."""
+        return self._encode(ids, self.collate_targets, self.embed_targets, batch_size, progress, "encode targets")
 
     # ---- checkpoints -----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

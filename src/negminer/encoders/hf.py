@@ -36,6 +36,22 @@ class HFTower(nn.Module):
         return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
                                    return_tensors="pt"))
 
+    def token_ids(self, texts, max_length: int) -> list[list[int]]:
+        """Unpadded ids (special tokens included), to be kept and batched later with ``collate``."""
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def collate(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Pad a batch of ``token_ids`` rows: the features ``tokenize`` gives for the same texts."""
+        width = max(map(len, ids))
+        x = torch.full((len(ids), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, row in enumerate(ids):
+            sl = slice(width - len(row), width) if left else slice(0, len(row))
+            x[i, sl] = torch.as_tensor(row, dtype=torch.long)
+            mask[i, sl] = 1
+        return {"input_ids": x, "attention_mask": mask}
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(**features).last_hidden_state
         if self.pooling == "cls":

@@ -64,8 +64,13 @@ class StaticTower(nn.Module):
         return self.embedding.embedding_dim
 
     def tokenize(self, texts, max_length: int) -> dict[str, torch.Tensor]:
+        return self.collate(self.token_ids(texts, max_length))
+
+    def token_ids(self, texts, max_length: int) -> list[list[int]]:
         self.tokenizer.enable_truncation(max_length)
-        ids = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def collate(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         offsets = torch.from_numpy(np.cumsum([0] + [len(x) for x in ids[:-1]], dtype=np.int64)[:len(ids)])
         return {"input_ids": torch.tensor([t for x in ids for t in x], dtype=torch.long), "offsets": offsets}
 

@@ -1,10 +1,12 @@
-"""TargetStore: for every target its id, the input text needed to re-encode it, a cached
-embedding (fp32, fp16 or bf16; in memory or memory-mapped from disk, so N x d beyond RAM works) and
-the step at which it was last encoded (-1: never).
+"""TargetStore: for every target its id, its input (the text, and its token ids, tokenised once by
+the target tower and kept as one flat int32 array plus offsets), a cached embedding (fp32, fp16 or
+bf16; in memory or memory-mapped from disk, so N x d beyond RAM works) and the step at which it was
+last encoded (-1: never).
 
-Re-encoding rows (``encode``) runs the target tower without gradient, writes the embeddings back,
-sets their age and counts ``target_encodes``; ``write`` stores embeddings computed elsewhere (the
-trainer's fresh, with-gradient encodings of drawn targets) at no extra cost.
+Re-encoding rows (``encode``) runs the target tower without gradient on the kept token ids, writes
+the embeddings back, sets their age and counts ``target_encodes``; ``embed`` does the same without
+writing or counting (diagnostics); ``features`` batches rows for a with-gradient forward; ``write``
+stores embeddings computed elsewhere (the trainer's fresh encodings of drawn targets) at no cost.
 
 Example::
 
@@ -43,6 +45,28 @@ class TargetStore:
             self._mm = mm
         self.age = torch.full((self.n,), -1, dtype=torch.long)
         self.target_encodes = 0
+        self._tokens = None  # (key, flat ids, offsets), built on first use for a given target tower
+
+    # ---- token ids ------------------------------------------------------------------------
+    def token_ids(self, rows, model) -> list[list[int]]:
+        """The target tower's token ids of ``rows`` (tokenised once, then read from the table)."""
+        key = (id(model.target_tower), model.target_max_length)
+        if self._tokens is None or self._tokens[0] != key:
+            flat, lens = [], []
+            for s in range(0, self.n, 65536):
+                ids = model.target_token_ids([self.inputs[i] for i in range(s, min(self.n, s + 65536))])
+                lens.extend(map(len, ids))
+                flat.append(np.fromiter((t for x in ids for t in x), dtype=np.int32))
+            offsets = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            self._tokens = (key, np.concatenate(flat) if flat else np.zeros(0, np.int32), offsets)
+        _, flat, off = self._tokens
+        rows = rows.tolist() if torch.is_tensor(rows) else rows
+        return [flat[off[r]:off[r + 1]].tolist() for r in rows]
+
+    def features(self, rows, model) -> dict[str, torch.Tensor]:
+        """Batched tower inputs of ``rows`` (same as ``model.tokenize_targets`` on their texts)."""
+        return model.collate_targets(self.token_ids(rows, model))
 
     # ---- reading --------------------------------------------------------------------------
     def embeddings(self, rows=None) -> torch.Tensor:
@@ -74,14 +98,20 @@ class TargetStore:
         rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long)
         if len(rows) == 0:
             return torch.zeros(0, self.dim)
-        out = torch.empty(len(rows), self.dim)
-        chunk = 65536
-        for s in range(0, len(rows), chunk):
-            r = rows[s:s + chunk]
-            out[s:s + chunk] = model.encode_targets([self.inputs[int(i)] for i in r], batch_size=batch_size,
-                                                    progress=progress)
+        out = self.embed(rows, model, batch_size, progress)
         self.write(rows, out, step)
         self.target_encodes += len(rows)
+        return out
+
+    @torch.no_grad()
+    def embed(self, rows, model, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+        """Fresh float32 embeddings of ``rows`` with the current tower; the store is not changed."""
+        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long)
+        out = torch.empty(len(rows), self.dim)
+        for s in range(0, len(rows), 65536):
+            r = rows[s:s + 65536]
+            out[s:s + 65536] = model.encode_target_ids(self.token_ids(r, model), batch_size=batch_size,
+                                                       progress=progress)
         return out
 
     # ---- checkpoint -----------------------------------------------------------------------

@@ -136,10 +136,16 @@ class Trainer:
                             neg_mask=draw.mask.to(q.device) if neg is not None else None,
                             log_q=draw.log_q.to(q.device) if (neg is not None and draw.log_q is not None) else None)
 
+    def target_features(self, rows):
+        """Tower inputs of target rows: from the store's token table when there is a store."""
+        if self.store is not None:
+            return self.store.features(rows, self.model)
+        return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
+
     def encode_drawn(self, ids: torch.Tensor):
         """Fresh, with-gradient embeddings [B, k, d] of the drawn rows (each distinct row encoded once)."""
         uniq, inv = ids.unique(return_inverse=True)
-        feats = self.model.tokenize_targets([self.target_inputs[int(r)] for r in uniq])
+        feats = self.target_features(uniq)
         self.counters.target_encodes += len(uniq)
         return self.model.embed_targets(feats)[inv.to(self.device)]
 
@@ -149,7 +155,7 @@ class Trainer:
         idx, pos_rows = self._batch(step)
         m, dev = self.model, self.device
         qf = m.tokenize_queries([self.query_texts[i] for i in idx])
-        tf = m.tokenize_targets([self.target_inputs[r] for r in pos_rows])
+        tf = self.target_features(pos_rows)
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
         with amp:
             q = m.embed_queries(qf)
