@@ -7,6 +7,7 @@ with fresh embeddings (TV, KL, exact top-10 found, gradient relative error and c
 
     python benchmarks/negatives.py --preset static     # static tower on gcide-rd (84K targets)
     python benchmarks/negatives.py --preset minilm     # MiniLM on SciFact, shorter budget
+    python benchmarks/negatives.py --redraw            # table and plot from the JSON only
 
 Writes benchmarks/results/negatives.json (rows of every preset run so far are kept, keyed by
 method and encoder), negatives.md (table) and negatives.png (quality against target encodes).
@@ -27,14 +28,15 @@ from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
                    exact_every=10, ance_every=100, stream=8192, diag_batches=2),
-    "minilm": dict(data="scifact", encoder="minilm", steps=20, batch_size=16, lr=5e-5, k=2, qlen=32, tlen=48,
-                   exact_every=10, ance_every=10, stream=256, diag_batches=0, regimes=False),
+    "minilm": dict(data="scifact", encoder="minilm", steps=40, batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48,
+                   exact_every=10, ance_every=10, stream=256, diag_batches=1, regimes=False),
 }
 
 
 def methods(p) -> list[tuple[str, dict]]:
     k = p["k"]
     base = [
+        ("zero-shot", {"zero_shot_only": True}),  # the initial model, evaluated with the same lengths
         ("inbatch", {"negatives": "inbatch"}),
         ("uniform", {"negatives": "uniform", "num_negatives": k}),
         (f"ance (R={p['ance_every']})", {"negatives": "ance", "num_negatives": k, "refresh_every": p["ance_every"]}),
@@ -77,15 +79,18 @@ def run_method(ds, name, opts, p, args, tmp):
     cfg = resolve({"data": "", "out": str(Path(tmp) / name.replace(" ", "_").replace("/", "")), "encoder": p["encoder"],
                    "steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"], "seed": args.seed,
                    "query_max_length": p["qlen"], "target_max_length": p["tlen"], "quiet": True,
-                   "zero_shot": False, **opts})
+                   "zero_shot": False, **{k: v for k, v in opts.items() if k != "zero_shot_only"}})
     reset_peak_rss()
     tr = Trainer(cfg, dataset=ds)
-    m = tr.run()
-    row = {"method": name, "encoder": p["encoder"], "data": ds.name, "steps": p["steps"],
+    if opts.get("zero_shot_only"):
+        m = dict(tr.evaluate(), train={"target_encodes": 0, "query_encodes": 0, "seconds": 0.0})
+    else:
+        m = tr.run()
+    row = {"method": name, "encoder": p["encoder"], "data": ds.name, "steps": 0 if "zero_shot_only" in opts else p["steps"],
            "recall@10": round(m["recall@10"], 4), "ndcg@10": round(m["ndcg@10"], 4),
            "target_encodes": m["train"]["target_encodes"], "query_encodes": m["train"]["query_encodes"],
            "seconds": m["train"]["seconds"], "peak_rss_mb": peak_rss_mb(), "options": opts}
-    if p["diag_batches"]:
+    if p["diag_batches"] and "zero_shot_only" not in opts:
         diags = [diagnose_trainer(tr, p["steps"] + i) for i in range(p["diag_batches"])]
         row["diagnostics"] = {k: round(sum(d[k] for d in diags) / len(diags), 4) for k in diags[0]}
     return row
@@ -112,14 +117,16 @@ def plot(rows, path) -> None:
     encoders = sorted({r["encoder"] for r in rows})
     fig, axes = plt.subplots(1, len(encoders), figsize=(6.5 * len(encoders), 4.8), squeeze=False)
     for ax, enc in zip(axes[0], encoders):
-        for r in [r for r in rows if r["encoder"] == enc]:
+        mine = [r for r in rows if r["encoder"] == enc]
+        zs = [r["recall@10"] for r in mine if r["method"] == "zero-shot"]
+        for r in [r for r in mine if r["method"] != "zero-shot"]:  # zero-shot: 0 encodes, in the title
             ax.scatter(r["target_encodes"], r["recall@10"], s=30)
             ax.annotate(r["method"], (r["target_encodes"], r["recall@10"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("target-encoder forward passes")
         ax.set_ylabel("recall@10 (test)")
-        ax.set_title(f"{enc} tower on {next(r['data'] for r in rows if r['encoder'] == enc)}")
+        ax.set_title(f"{enc} tower on {mine[0]['data']}" + (f" (zero-shot {zs[0]:.3f})" if zs else ""))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -131,7 +138,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override the preset's steps")
     ap.add_argument("--only", nargs="*", help="run only these method names")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--redraw", action="store_true", help="only rebuild negatives.md and .png from the JSON")
     args = ap.parse_args(argv)
+    if args.redraw:
+        return redraw(sorted(json.loads((RESULTS / "negatives.json").read_text())["rows"], key=order))
     p = dict(PRESETS[args.preset])
     if args.steps:
         p["steps"] = args.steps
@@ -158,8 +168,16 @@ def main(argv=None) -> int:
     if jf.exists():
         old = [r for r in json.loads(jf.read_text()).get("rows", [])
                if (r["method"], r["encoder"]) not in {(n["method"], n["encoder"]) for n in new}]
-    rows = sorted(old + new, key=lambda r: (r["encoder"] != "static", r["encoder"]))
+    rows = sorted(old + new, key=order)
     write_result("negatives", {"rows": rows, "presets": PRESETS})
+    return redraw(rows)
+
+
+def order(r):
+    return r["encoder"] != "static", r["encoder"], r["method"] != "zero-shot"
+
+
+def redraw(rows) -> int:
     (RESULTS / "negatives.md").write_text(table(rows) + "\n")
     plot(rows, RESULTS / "negatives.png")
     print("\n" + table(rows))
