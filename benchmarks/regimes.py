@@ -1,12 +1,14 @@
 """Where do sampled hard negatives pay? In-batch against the negative cache, varying one thing at a time.
 
-Static tower, the hyper-parameters of the ``static`` preset of ``negatives.py`` (batch 64, 8 sampled
-negatives per query, lr 0.01, same seed), on the real dictionary tasks:
+The hyper-parameters of a preset of ``negatives.py`` (``static``: batch 64, 8 sampled negatives per
+query, lr 0.01; the same seed everywhere), varying:
 
 - training length: 100, 300 and 1000 steps on gcide-rd;
 - targets seen in training or not: gcide-rd test queries split by whether their headword is a
   positive of some training query (45.6% are); metrics per subset from the same run;
-- multi-positive data: gcide-senses (headword -> all its definitions, 1-50 positives).
+- multi-positive data: gcide-senses (headword -> all its definitions, 1-50 positives);
+- equal wall time: in-batch run for about as long as the cache took (3x the steps), static tower on
+  gcide-rd and MiniLM on SciFact (the ``minilm`` preset: 40 steps of 16, 4 negatives per query).
 
     python benchmarks/regimes.py            # all
     python benchmarks/regimes.py --only steps
@@ -17,6 +19,7 @@ Writes benchmarks/results/regimes.json and regimes.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -28,11 +31,15 @@ from negatives import PRESETS, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 METHODS = {
     "inbatch": {"negatives": "inbatch"},
-    "cache (refresh 1%)": {"negatives": "cache", "num_negatives": 8, "refresh_fraction": 0.01},
+    "cache (refresh 1%)": {"negatives": "cache", "refresh_fraction": 0.01},  # k from the preset
 }
+# axis -> cells (data, steps, preset of negatives.py, methods)
 GRID = {
-    "steps": [("gcide-rd", s) for s in (100, 300, 1000)],
-    "multi-positive": [("gcide-senses", 300)],
+    "steps": [("gcide-rd", s, "static", list(METHODS)) for s in (100, 300, 1000)],
+    "multi-positive": [("gcide-senses", 300, "static", list(METHODS))],
+    # in-batch given the wall time the cache took (about 3x its steps)
+    "equal time": [("gcide-rd", 3000, "static", ["inbatch"]), ("scifact", 40, "minilm", list(METHODS)),
+                   ("scifact", 120, "minilm", ["inbatch"])],
 }
 
 
@@ -48,17 +55,18 @@ def seen_split(ds) -> dict[str, set[str]]:
     return out
 
 
-def run_one(ds, method, steps, tmp, seed):
+def run_one(ds, method, steps, preset, tmp, seed):
     from negminer.config import resolve
     from negminer.eval.evaluate import EvalMetrics, retrieve
     from negminer.eval.metrics import compute_metrics
     from negminer.train.trainer import Trainer
 
-    p = PRESETS["static"]
-    cfg = resolve({"data": "", "out": str(Path(tmp) / f"{ds.name}-{steps}-{method.split()[0]}"), "encoder": "static",
+    p = PRESETS[preset]
+    opts = dict(METHODS[method], **({"num_negatives": p["k"]} if method != "inbatch" else {}))
+    cfg = resolve({"data": "", "out": str(Path(tmp) / f"{ds.name}-{steps}-{method.split()[0]}"), "encoder": p["encoder"],
                    "steps": steps, "batch_size": p["batch_size"], "lr": p["lr"], "seed": seed,
                    "query_max_length": p["qlen"], "target_max_length": p["tlen"], "quiet": True,
-                   "zero_shot": False, **METHODS[method]})
+                   "zero_shot": False, **opts})
     reset_peak_rss()
     tr = Trainer(cfg, dataset=ds)
     kept = {}
@@ -69,7 +77,7 @@ def run_one(ds, method, steps, tmp, seed):
 
     tr.evaluate = evaluate
     m = tr.run()
-    row = {"data": ds.name, "method": method, "steps": steps, "recall@10": round(m["recall@10"], 4),
+    row = {"data": ds.name, "encoder": p["encoder"], "method": method, "steps": steps, "recall@10": round(m["recall@10"], 4),
            "ndcg@10": round(m["ndcg@10"], 4), "target_encodes": m["train"]["target_encodes"],
            "query_encodes": m["train"]["query_encodes"], "seconds": m["train"]["seconds"],
            "peak_rss_mb": peak_rss_mb()}
@@ -82,13 +90,13 @@ def run_one(ds, method, steps, tmp, seed):
 
 
 def table(rows) -> str:
-    head = ("| data | steps | method | recall@10 | ndcg@10 | recall@10 seen | recall@10 unseen | target_encodes | "
+    head = ("| encoder | data | steps | method | recall@10 | ndcg@10 | recall@10 seen | recall@10 unseen | target_encodes | "
             "seconds | peak RSS MB |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         seen = f"{r['recall@10 seen']:.4f}" if "recall@10 seen" in r else "-"
         unseen = f"{r['recall@10 unseen']:.4f}" if "recall@10 unseen" in r else "-"
-        out.append(f"| {r['data']} | {r['steps']} | {r['method']} | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} | "
+        out.append(f"| {r.get('encoder', 'static')} | {r['data']} | {r['steps']} | {r['method']} | {r['recall@10']:.4f} | {r['ndcg@10']:.4f} | "
                    f"{seen} | {unseen} | {r['target_encodes']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(out)
 
@@ -105,20 +113,24 @@ def main(argv=None) -> int:
         for axis, cells in GRID.items():
             if args.only and axis not in args.only:
                 continue
-            for data, steps in cells:
+            for data, steps, preset, methods in cells:
                 path = SHARED_DATA / data
                 if not path.exists():
                     print(f"skipped {data}: {path} not found (the shared/ folder beside the repo)")
                     continue
                 ds = cache.setdefault(data, load_dataset(path))
-                for method in METHODS:
+                for method in methods:
                     t = time.perf_counter()
-                    row = dict(run_one(ds, method, steps, tmp, args.seed), axis=axis)
+                    row = dict(run_one(ds, method, steps, preset, tmp, args.seed), axis=axis)
                     rows.append(row)
                     print(f"{data:<13} {steps:>5} {method:<20} recall@10 {row['recall@10']:.4f} "
                           f"({time.perf_counter() - t:.0f}s)  {row}", flush=True)
-    if rows:
-        write_result("regimes", {"rows": rows, "methods": METHODS, "preset": PRESETS["static"]})
+    if rows:  # rows of cells not run now are kept
+        jf, key = RESULTS / "regimes.json", (lambda r: (r["data"], r["steps"], r["method"]))
+        done = {key(r) for r in rows}
+        old = [r for r in json.loads(jf.read_text())["rows"] if key(r) not in done] if jf.exists() else []
+        rows = old + rows
+        write_result("regimes", {"rows": rows, "methods": METHODS, "presets": PRESETS})
         (RESULTS / "regimes.md").write_text(table(rows) + "\n")
         print("\n" + table(rows))
     return 0
