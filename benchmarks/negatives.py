@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -119,10 +120,18 @@ def plot(rows, path) -> None:
     for ax, enc in zip(axes[0], encoders):
         mine = [r for r in rows if r["encoder"] == enc]
         zs = [r["recall@10"] for r in mine if r["method"] == "zero-shot"]
-        for r in [r for r in mine if r["method"] != "zero-shot"]:  # zero-shot: 0 encodes, in the title
-            ax.scatter(r["target_encodes"], r["recall@10"], s=30)
-            ax.annotate(r["method"], (r["target_encodes"], r["recall@10"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+        pts = [r for r in mine if r["method"] != "zero-shot"]  # zero-shot: 0 encodes, in the title
+        span = (max(r["recall@10"] for r in pts) - min(r["recall@10"] for r in pts)) or 1.0
+        placed = []  # (log10 x, y, label offset): labels of nearby points are stacked downwards
+        for r in pts:
+            x, y = r["target_encodes"], r["recall@10"]
+            ax.scatter(x, y, s=30)
+            dy = 3
+            while any(abs(math.log10(x) - px) < 0.3 and abs(y - py) < 0.04 * span and dy == pdy
+                      for px, py, pdy in placed):
+                dy -= 9
+            placed.append((math.log10(x), y, dy))
+            ax.annotate(r["method"], (x, y), fontsize=7, xytext=(3, dy), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlabel("target-encoder forward passes")
         ax.set_ylabel("recall@10 (test)")
