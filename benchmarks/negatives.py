@@ -97,6 +97,9 @@ def run_method(ds, name, opts, p, args, tmp):
     return row
 
 
+DIAG_COLUMNS = (("tv", ".3f"), ("top10_found", ".2f"), ("grad_cosine", ".3f"))
+
+
 def table(rows) -> str:
     head = "| encoder | data | method | steps | recall@10 | ndcg@10 | target_encodes | seconds | peak RSS MB | TV | top10 found | grad cos |"
     out = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -104,8 +107,7 @@ def table(rows) -> str:
         d = r.get("diagnostics") or {}
         out.append(f"| {r['encoder']} | {r['data']} | {r['method']} | {r['steps']} | {r['recall@10']:.4f} | "
                    f"{r['ndcg@10']:.4f} | {r['target_encodes']:,} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-                   f"{d.get('tv', float('nan')):.3f} | {d.get('top10_found', float('nan')):.2f} | "
-                   f"{d.get('grad_cosine', float('nan')):.3f} |")
+                   + " | ".join(f"{d[k]:{f}}" if k in d else "-" for k, f in DIAG_COLUMNS) + " |")
     return "\n".join(out)
 
 
