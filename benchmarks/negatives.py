@@ -55,6 +55,9 @@ def methods(p) -> list[tuple[str, dict]]:
         ("cache 1%, margin 0.1", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01, "margin": 0.1}),
         ("cache surrogate 1%", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
                                 "loss": "cache-surrogate", "inbatch": False}),
+        # approximate top-K prefilter: sample among the IVF index's 256 best (sqrt(N) lists, 8 probed)
+        ("cache 1%, IVF top-256", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
+                                   "prefilter_top": 256, "prefilter_nprobe": 8}),
     ]
 
 

@@ -33,6 +33,10 @@ class TrainConfig:
     cache_size: int = field(default=0, metadata={"help": "cache: targets cached (0: all); cache-stream: queue length"})
     refresh_fraction: float = field(default=0.0, metadata={"help": "cache: fraction re-encoded per step"})
     refresh_order: str = field(default="oldest", metadata={"help": "cache: oldest | random"})
+    prefilter_top: int = field(default=0, metadata={"help": "cache: sample among each query's top K from an IVF index (0: all)"})
+    prefilter_nprobe: int = field(default=8, metadata={"help": "cache prefilter: lists probed per query"})
+    prefilter_nlist: int = field(default=0, metadata={"help": "cache prefilter: IVF lists (0: sqrt(M))"})
+    prefilter_rebuild: int = field(default=100, metadata={"help": "cache prefilter: rebuild the index every N steps"})
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
@@ -152,6 +156,9 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.refresh_order in ("oldest", "random"), "refresh_order must be oldest or random"),
         (cfg.stream_policy in ("fifo", "lru"), "stream_policy must be fifo or lru"),
         (cfg.store_dtype in ("fp32", "fp16", "bf16"), "store_dtype must be fp32, fp16 or bf16"),
+        (cfg.prefilter_top >= 0 and cfg.prefilter_nprobe > 0 and cfg.prefilter_nlist >= 0 and cfg.prefilter_rebuild > 0,
+         "prefilter_top and prefilter_nlist must be >= 0, prefilter_nprobe and prefilter_rebuild > 0"),
+        (cfg.prefilter_top == 0 or cfg.negatives == "cache", "--prefilter-top needs --negatives cache"),
         (0 <= cfg.refresh_fraction <= 1, "refresh_fraction is a fraction in [0, 1]"),
         (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact"),
          "--loss cache-surrogate needs --negatives cache, cache-stream or exact"),

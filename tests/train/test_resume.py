@@ -41,6 +41,8 @@ def _metrics(run: Path):
 
 SAMPLERS = {"inbatch": [], "cache": ["--negatives", "cache", "--num-negatives", "4", "--cache-size", "100",
                                     "--refresh-fraction", "0.1", "--refresh-order", "random"],
+            "cache-prefilter": ["--negatives", "cache", "--num-negatives", "4", "--refresh-fraction", "0.05",
+                                "--prefilter-top", "30", "--prefilter-nprobe", "2", "--prefilter-rebuild", "4"],
             "stream": ["--negatives", "cache-stream", "--num-negatives", "4", "--cache-size", "40",
                        "--stream-policy", "lru", "--loss", "cache-surrogate"]}
 
@@ -83,7 +85,7 @@ def test_resume_after_sigkill_matches_uninterrupted(reference):
     run = root / "killed"
     p = _train(data, run, *extra, "--save-every", "3", env={"NEGMINER_STEP_SLEEP": "0.4"}, wait=False)
     deadline = time.time() + 300
-    # kill between checkpoints: after step 7 is logged (checkpoint at 6, next at 9)
+    # kill between checkpoints: after step 7 is logged (checkpoint at 6, next at 9; the prefilter index was built at 5)
     while time.time() < deadline:
         rows = (run / "train_log.jsonl").read_text().splitlines() if (run / "train_log.jsonl").exists() else []
         if len(rows) >= 7:

@@ -22,8 +22,11 @@ def rows(run):
     (["--negatives", "ance", "--refresh-every", "4", "--ance-top", "20"], 160 * 2),
     (["--negatives", "cache", "--refresh-fraction", "0.05"], 160 + 6 * 8),
     (["--negatives", "cache", "--loss", "cache-surrogate"], 160),
+    (["--negatives", "cache", "--prefilter-top", "16", "--prefilter-nprobe", "2", "--refresh-fraction", "0.05"],
+     160 + 6 * 8),
     (["--negatives", "cache-stream", "--cache-size", "32", "--stream-policy", "lru"], 0),
-], ids=["uniform", "exact", "exact-topk", "ance", "cache", "cache-surrogate", "cache-stream"])
+], ids=["uniform", "exact", "exact-topk", "ance", "cache", "cache-surrogate", "cache-prefilter",
+                                                                 "cache-stream"])
 def test_sampler_trains(tiny_beir, tmp_path, extra, target_encodes):
     out = tmp_path / "r"
     assert main(["train", "--data", str(tiny_beir), "--out", str(out), *BASE, *extra]) == 0
@@ -39,10 +42,11 @@ def test_sampler_trains(tiny_beir, tmp_path, extra, target_encodes):
     assert m["train"]["target_encodes"] == last["target_encodes"]
 
 
-def test_diagnostics_logged(tiny_beir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--prefilter-top", "20", "--prefilter-nprobe", "3"]], ids=["all", "prefilter"])
+def test_diagnostics_logged(tiny_beir, tmp_path, extra):
     out = tmp_path / "d"
     assert main(["train", "--data", str(tiny_beir), "--out", str(out), *BASE, "--negatives", "cache",
-                 "--diagnose-every", "3"]) == 0
+                 "--diagnose-every", "3", *extra]) == 0
     diag = [r["diagnostics"] for r in rows(out) if "diagnostics" in r]
     assert len(diag) == 2
     for d in diag:

@@ -39,7 +39,9 @@ def build_sampler(cfg) -> Sampler:
         return AnceSampler(k, refresh_every=cfg.refresh_period(), top=cfg.ance_top, **common)
     if name == "cache":
         return CacheSampler(k, cache_size=cfg.cache_size, refresh_fraction=cfg.refresh_fraction,
-                            refresh_order=cfg.refresh_order, seed=cfg.seed,
+                            refresh_order=cfg.refresh_order, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
+                            prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
+                            prefilter_rebuild=cfg.prefilter_rebuild,
                             replacement=cfg.loss == "cache-surrogate", **common)
     return CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy,
                               replacement=cfg.loss == "cache-surrogate", **common)

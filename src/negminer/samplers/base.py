@@ -31,8 +31,15 @@ class Draw:
 
 
 def excluded(candidates: torch.Tensor | None, batch: Batch, n: int) -> torch.Tensor:
-    """[B, M] bool: candidate j is a positive (or duplicate of one) of query i."""
+    """[B, M] bool: candidate j is a positive (or duplicate of one) of query i. ``candidates``: rows
+    [M] shared by all queries, rows [B, M] per query, or None (all n rows)."""
     b = len(batch.exclude)
+    if candidates is not None and candidates.dim() == 2:
+        mask = torch.zeros(candidates.shape, dtype=torch.bool)
+        for i, ex in enumerate(batch.exclude):
+            if ex:
+                mask[i] = torch.isin(candidates[i], torch.as_tensor(sorted(ex), dtype=torch.long))
+        return mask
     if candidates is None:
         mask = torch.zeros(b, n, dtype=torch.bool)
         for i, ex in enumerate(batch.exclude):
@@ -93,12 +100,15 @@ class Sampler:
 
 
 def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, emb: torch.Tensor, batch: Batch,
-                n: int) -> Draw:
-    """Gumbel draws from softmax(q . emb / tau_sample) over candidates (None: all n rows)."""
+                n: int, invalid: torch.Tensor | None = None) -> Draw:
+    """Gumbel draws from softmax(q . emb / tau_sample) over candidates: rows [M] with emb [M, d],
+    None (all n rows), or per query rows [B, M] with emb [B, M, d] (``invalid`` [B, M]: padding)."""
     from negminer.samplers.gumbel import gumbel_topk
 
-    scores = q.float() @ emb.T
+    scores = q.float() @ emb.T if emb.dim() == 2 else torch.einsum("bd,bmd->bm", q.float(), emb)
     bad = excluded(cand, batch, n) | margin_mask(scores, q, batch, sampler.margin)
+    if invalid is not None:
+        bad |= invalid
     logits = (scores * sampler.scale(batch)).masked_fill(bad, -math.inf)
     usable = int((~bad).sum(1).min())
     k = min(sampler.k, usable) if not sampler.replacement else sampler.k
@@ -106,7 +116,7 @@ def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, em
         return Draw.empty(len(q))
     idx = gumbel_topk(logits, k, batch.generator, replacement=sampler.replacement)
     log_q = logits.log_softmax(-1).gather(1, idx)
-    ids = idx if cand is None else cand[idx]
+    ids = idx if cand is None else cand[idx] if cand.dim() == 1 else cand.gather(1, idx)
     log_z = (scores * batch.loss_scale).masked_fill(bad, -math.inf).logsumexp(-1)
     return Draw(ids, log_q, torch.zeros_like(ids, dtype=torch.bool), log_z)
 

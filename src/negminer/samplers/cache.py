@@ -11,6 +11,9 @@ only those with gradient, and train on fresh scores, either with
         p_pos = exp(s_pos/tau) / (exp(s_pos/tau) + sum_{j in cache} exp(s~_j/tau)),  j drawn with replacement
   * or a sampled softmax with log-Q correction (``--loss softmax``).
 
+Optional approximate top-K prefilter (``--prefilter-top K``, prefilter.py): sample among each
+query's K best cached targets found by an IVF index (truncated softmax) instead of scoring all M.
+
 Refresh: drawn targets (and the batch's positives) are written back with their fresh embeddings,
 and a fraction of the cache is re-encoded each step, oldest first or at random.
 
@@ -24,16 +27,20 @@ import math
 import torch
 
 from negminer.samplers.base import Sampler, excluded, scored_draw, write_back
+from negminer.samplers.prefilter import IVFPrefilter
 
 
 class CacheSampler(Sampler):
     name = "cache"
 
     def __init__(self, k: int, cache_size: int = 0, refresh_fraction: float = 0.0, refresh_order: str = "oldest",
-                 seed: int = 0, **kw):
+                 seed: int = 0, prefilter_top: int = 0, prefilter_nprobe: int = 8, prefilter_rebuild: int = 100,
+                 prefilter_nlist: int = 0, **kw):
         super().__init__(k, **kw)
         self.cache_size, self.refresh_fraction, self.refresh_order, self.seed = cache_size, refresh_fraction, refresh_order, seed
         self.rows: torch.Tensor | None = None
+        self.prefilter = IVFPrefilter(prefilter_top, nlist=prefilter_nlist, nprobe=prefilter_nprobe,
+                                      rebuild_every=prefilter_rebuild, seed=seed) if prefilter_top > 0 else None
 
     def setup(self, store, model, step):
         if self.rows is None:
@@ -44,7 +51,17 @@ class CacheSampler(Sampler):
         if len(never):
             store.encode(never, model, step)
 
+    def _candidates(self, q, store, step):
+        """Per query: the prefilter's top-K store rows [B, K] and a padding mask."""
+        self.prefilter.maybe_rebuild(lambda: store.embeddings(self.rows), step)
+        pos, val = self.prefilter.search(q, lambda p: store.embeddings(self.rows[p]))
+        return self.rows[pos], torch.isinf(val)
+
     def sample(self, q, batch, store):
+        if self.prefilter is not None:
+            cand, pad = self._candidates(q, store, batch.step)
+            emb = store.embeddings(cand.flatten()).view(*cand.shape, -1)
+            return scored_draw(self, q, cand, emb, batch, store.n, invalid=pad)
         all_rows = len(self.rows) == store.n
         return scored_draw(self, q, None if all_rows else self.rows, store.embeddings(None if all_rows else self.rows),
                            batch, store.n)
@@ -63,12 +80,21 @@ class CacheSampler(Sampler):
 
     def proposal(self, q, batch, store):
         logits = torch.full((len(q), store.n), -math.inf)
-        scores = (q.float() @ store.embeddings(self.rows).T) * self.scale(batch)
-        logits[:, self.rows] = scores
+        if self.prefilter is not None:  # truncated to the prefilter's candidates
+            cand, pad = self._candidates(q, store, batch.step)
+            s = torch.einsum("bd,bkd->bk", q.float(), store.embeddings(cand.flatten()).view(*cand.shape, -1))
+            logits.scatter_(1, cand, (s * self.scale(batch)).masked_fill(pad, -math.inf))
+        else:
+            logits[:, self.rows] = (q.float() @ store.embeddings(self.rows).T) * self.scale(batch)
         return logits.masked_fill(excluded(None, batch, store.n), -math.inf).log_softmax(-1)
 
     def state(self):
-        return {"cache.rows": self.rows.clone()}, {}
+        t = {"cache.rows": self.rows.clone()}
+        if self.prefilter is not None:
+            t.update(self.prefilter.state("cache.prefilter"))
+        return t, {}
 
     def load_state(self, tensors, meta):
         self.rows = tensors["cache.rows"]
+        if self.prefilter is not None:
+            self.prefilter.load_state(tensors, "cache.prefilter")

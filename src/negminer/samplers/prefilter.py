@@ -1,0 +1,85 @@
+"""Approximate top-K prefilter for the negative cache: an inverted-file (IVF) index over cached embeddings.
+
+Lindgren et al. (NeurIPS 2021) score every cached target; for M in the millions a cheaper first stage
+keeps only each query's K best-scoring candidates, and Gumbel-Max then samples among those
+(a truncated softmax: log q_j = s_j/tau - logsumexp_{i in top-K} s_i/tau).
+
+IVF (Jegou et al., "Product Quantization for Nearest Neighbor Search", TPAMI 2011): k-means
+partitions the cache into ``nlist`` lists; a query probes its ``nprobe`` nearest centroids and scores
+only the targets in those lists, with their *current* cached embeddings. Centroids and list
+assignment are rebuilt every ``rebuild_every`` steps (in between, refreshed targets keep their
+list); both are kept in checkpoints so resume is exact. ``nprobe >= nlist`` = exact top-K.
+
+Cost per query: nlist * d + (M * nprobe / nlist) * d instead of M * d.
+
+Example::  negminer train --negatives cache --prefilter-top 256 --prefilter-nprobe 8
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class IVFPrefilter:
+    def __init__(self, top: int, nlist: int = 0, nprobe: int = 8, rebuild_every: int = 100, iters: int = 10,
+                 seed: int = 0):
+        self.top, self.nlist, self.nprobe, self.rebuild_every, self.iters, self.seed = \
+            top, nlist, nprobe, max(1, rebuild_every), iters, seed
+        self.centroids: torch.Tensor | None = None   # [L, d]
+        self.order: torch.Tensor | None = None       # [M] cache positions sorted by list
+        self.offsets: torch.Tensor | None = None     # [L + 1] list boundaries in ``order``
+        self.built_step = -1
+
+    def build(self, emb: torch.Tensor, step: int) -> None:
+        """k-means (seeded, on at most 64 points per list) over ``emb`` [M, d]; assign every row."""
+        m = len(emb)
+        nlist = min(m, self.nlist or max(1, round(math.sqrt(m))))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        train = emb[torch.randperm(m, generator=g)[: 64 * nlist]]
+        c = train[torch.randperm(len(train), generator=g)[:nlist]].clone()
+        for _ in range(self.iters):
+            a = (train @ c.T).argmax(1)  # inner-product assignment, as the search uses
+            sums = torch.zeros_like(c).index_add_(0, a, train)
+            counts = torch.bincount(a, minlength=nlist).unsqueeze(1)
+            c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+        assign = self._assign(emb, c)
+        self.centroids, self.order = c, assign.argsort(stable=True)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(assign, minlength=nlist).cumsum(0)])
+        self.built_step = step
+
+    @staticmethod
+    def _assign(emb, c, chunk: int = 65536):
+        return torch.cat([(emb[i:i + chunk] @ c.T).argmax(1) for i in range(0, len(emb), chunk)])
+
+    def maybe_rebuild(self, emb_fn, step: int) -> None:
+        if self.centroids is None or step - self.built_step >= self.rebuild_every:
+            self.build(emb_fn(), step)
+
+    def search(self, q: torch.Tensor, emb_fn, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query the ``top`` best cache positions among the probed lists and their scores
+        [B, top]; -inf where fewer candidates exist. ``emb_fn(positions)`` gives cached embeddings."""
+        top = top or self.top
+        q = q.float()
+        nlist = len(self.centroids)
+        probe = (q @ self.centroids.T).topk(min(self.nprobe, nlist), dim=1).indices
+        pos = torch.zeros(len(q), top, dtype=torch.long)
+        val = torch.full((len(q), top), -math.inf)
+        for i in range(len(q)):
+            cand = torch.cat([self.order[self.offsets[l]:self.offsets[l + 1]] for l in probe[i].tolist()])
+            s = emb_fn(cand) @ q[i]
+            v, j = s.topk(min(top, len(cand)))
+            pos[i, :len(j)], val[i, :len(j)] = cand[j], v
+        return pos, val
+
+    def state(self, prefix: str) -> dict:
+        if self.centroids is None:
+            return {}
+        return {f"{prefix}.centroids": self.centroids, f"{prefix}.order": self.order,
+                f"{prefix}.offsets": self.offsets, f"{prefix}.built_step": torch.tensor([self.built_step])}
+
+    def load_state(self, t: dict, prefix: str) -> None:
+        if f"{prefix}.centroids" in t:
+            self.centroids, self.order, self.offsets = (t[f"{prefix}.{k}"] for k in ("centroids", "order", "offsets"))
+            self.built_step = int(t[f"{prefix}.built_step"][0])
