@@ -59,18 +59,25 @@ class IVFPrefilter:
 
     def search(self, q: torch.Tensor, emb_fn, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query the ``top`` best cache positions among the probed lists and their scores
-        [B, top]; -inf where fewer candidates exist. ``emb_fn(positions)`` gives cached embeddings."""
+        [B, top]; -inf where fewer candidates exist. ``emb_fn(positions)`` gives cached embeddings.
+        Batched by list: each probed list is read once and scored against the queries probing it."""
         top = top or self.top
         q = q.float()
-        nlist = len(self.centroids)
-        probe = (q @ self.centroids.T).topk(min(self.nprobe, nlist), dim=1).indices
-        pos = torch.zeros(len(q), top, dtype=torch.long)
-        val = torch.full((len(q), top), -math.inf)
-        for i in range(len(q)):
-            cand = torch.cat([self.order[self.offsets[l]:self.offsets[l + 1]] for l in probe[i].tolist()])
-            s = emb_fn(cand) @ q[i]
-            v, j = s.topk(min(top, len(cand)))
-            pos[i, :len(j)], val[i, :len(j)] = cand[j], v
+        b = len(q)
+        probe = (q @ self.centroids.T).topk(min(self.nprobe, len(self.centroids)), dim=1).indices  # [B, P]
+        p = probe.shape[1]
+        val = torch.full((b * p, top), -math.inf)  # best ``top`` per (query, probed list) pair
+        pos = torch.zeros(b * p, top, dtype=torch.long)
+        lists, counts = probe.flatten().unique(return_counts=True)
+        pairs = probe.flatten().argsort(stable=True).split(counts.tolist())
+        for l, pr in zip(lists.tolist(), pairs):
+            members = self.order[self.offsets[l]:self.offsets[l + 1]]
+            if not len(members):
+                continue
+            v, j = (q[pr // p] @ emb_fn(members).T).topk(min(top, len(members)), dim=1)
+            val[pr, :v.shape[1]], pos[pr, :v.shape[1]] = v, members[j]
+        val, j = val.view(b, p * top).topk(top, dim=1)
+        pos = pos.view(b, p * top).gather(1, j).masked_fill(torch.isinf(val), 0)
         return pos, val
 
     def state(self, prefix: str) -> dict:
