@@ -55,9 +55,14 @@ def methods(p) -> list[tuple[str, dict]]:
         ("cache 1%, margin 0.1", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01, "margin": 0.1}),
         ("cache surrogate 1%", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
                                 "loss": "cache-surrogate", "inbatch": False}),
-        # approximate top-K prefilter: sample among the IVF index's 256 best (sqrt(N) lists, 8 probed)
+        # approximate top-K prefilter: sample among the IVF index's K best (sqrt(N) lists); all lists
+        # probed = exact top-K, to tell truncation from index error
         ("cache 1%, IVF top-256", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
                                    "prefilter_top": 256, "prefilter_nprobe": 8}),
+        ("cache 1%, exact top-256", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
+                                     "prefilter_top": 256, "prefilter_nprobe": 10**6}),
+        ("cache 1%, IVF top-4096", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
+                                    "prefilter_top": 4096, "prefilter_nprobe": 32}),
     ]
 
 
