@@ -12,7 +12,6 @@ from negminer.samplers.prefilter import IVFPrefilter
 from negminer.store import TargetStore
 
 
-
 class Model:
     """Target text i embeds to E[i]."""
 
@@ -64,9 +63,9 @@ def test_few_lists_probed_keep_most_of_the_top_k():
 
 def test_fewer_candidates_than_top_are_padded_with_minus_inf():
     E, q = clustered(n=200), clustered(n=16, seed=3)
-    pos, val = searched(E, q, top=150, nlist=20, nprobe=2)  # 2 lists of ~10 rows each < 150
-    f = IVFPrefilter(top=150, nlist=20, nprobe=2, seed=0)
+    f = IVFPrefilter(top=150, nlist=20, nprobe=2, seed=0)  # 2 lists of ~10 rows each < 150
     f.build(E, step=0)
+    pos, val = f.search(q, lambda p: E[p])
     probe = (q @ f.centroids.T).topk(2, dim=1).indices
     for i in range(len(q)):
         members = torch.cat([f.order[f.offsets[l]:f.offsets[l + 1]] for l in probe[i].tolist()])

@@ -99,16 +99,13 @@ class Sampler:
         return 1.0 / self.sample_temperature if self.sample_temperature else batch.loss_scale
 
 
-def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, emb: torch.Tensor, batch: Batch,
-                n: int, invalid: torch.Tensor | None = None) -> Draw:
-    """Gumbel draws from softmax(q . emb / tau_sample) over candidates: rows [M] with emb [M, d],
-    None (all n rows), or per query rows [B, M] with emb [B, M, d] (``invalid`` [B, M]: padding)."""
+def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, scores: torch.Tensor, batch: Batch,
+                n: int) -> Draw:
+    """Gumbel draws from softmax(scores / tau_sample) over candidates: rows [M] shared by all queries,
+    None (all n rows), or rows [B, M] per query; ``scores`` [B, M] = q . e (-inf: no candidate)."""
     from negminer.samplers.gumbel import gumbel_topk
 
-    scores = q.float() @ emb.T if emb.dim() == 2 else torch.einsum("bd,bmd->bm", q.float(), emb)
-    bad = excluded(cand, batch, n) | margin_mask(scores, q, batch, sampler.margin)
-    if invalid is not None:
-        bad |= invalid
+    bad = excluded(cand, batch, n) | margin_mask(scores, q, batch, sampler.margin) | torch.isneginf(scores)
     logits = (scores * sampler.scale(batch)).masked_fill(bad, -math.inf)
     usable = int((~bad).sum(1).min())
     k = min(sampler.k, usable) if not sampler.replacement else sampler.k

@@ -52,19 +52,16 @@ class CacheSampler(Sampler):
             store.encode(never, model, step)
 
     def _candidates(self, q, store, step):
-        """Per query: the prefilter's top-K store rows [B, K] and a padding mask."""
+        """Per query: the prefilter's top-K store rows and their scores [B, K] (-inf: padding)."""
         self.prefilter.maybe_rebuild(lambda: store.embeddings(self.rows), step)
         pos, val = self.prefilter.search(q, lambda p: store.embeddings(self.rows[p]))
-        return self.rows[pos], torch.isinf(val)
+        return self.rows[pos], val
 
     def sample(self, q, batch, store):
         if self.prefilter is not None:
-            cand, pad = self._candidates(q, store, batch.step)
-            emb = store.embeddings(cand.flatten()).view(*cand.shape, -1)
-            return scored_draw(self, q, cand, emb, batch, store.n, invalid=pad)
-        all_rows = len(self.rows) == store.n
-        return scored_draw(self, q, None if all_rows else self.rows, store.embeddings(None if all_rows else self.rows),
-                           batch, store.n)
+            return scored_draw(self, q, *self._candidates(q, store, batch.step), batch, store.n)
+        rows = None if len(self.rows) == store.n else self.rows
+        return scored_draw(self, q, rows, q.float() @ store.embeddings(rows).T, batch, store.n)
 
     def update(self, batch, draw, fresh, model, store, step):
         stats = write_back(store, batch, draw, fresh, step)
@@ -81,9 +78,8 @@ class CacheSampler(Sampler):
     def proposal(self, q, batch, store):
         logits = torch.full((len(q), store.n), -math.inf)
         if self.prefilter is not None:  # truncated to the prefilter's candidates
-            cand, pad = self._candidates(q, store, batch.step)
-            s = torch.einsum("bd,bkd->bk", q.float(), store.embeddings(cand.flatten()).view(*cand.shape, -1))
-            logits.scatter_(1, cand, (s * self.scale(batch)).masked_fill(pad, -math.inf))
+            cand, s = self._candidates(q, store, batch.step)  # padding (-inf) may repeat a row: keep the max
+            logits.scatter_reduce_(1, cand, s * self.scale(batch), reduce="amax")
         else:
             logits[:, self.rows] = (q.float() @ store.embeddings(self.rows).T) * self.scale(batch)
         return logits.masked_fill(excluded(None, batch, store.n), -math.inf).log_softmax(-1)

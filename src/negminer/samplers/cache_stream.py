@@ -36,7 +36,7 @@ class CacheStreamSampler(Sampler):
         if not self.queue:
             return Draw.empty(len(q))
         rows = self.rows
-        return scored_draw(self, q, rows, store.embeddings(rows), batch, store.n)
+        return scored_draw(self, q, rows, q.float() @ store.embeddings(rows).T, batch, store.n)
 
     def _touch(self, rows) -> None:
         for r in rows:

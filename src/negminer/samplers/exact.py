@@ -31,13 +31,12 @@ class ExactSampler(Sampler):
             store.encode(range(store.n), model, step)
 
     def sample(self, q, batch, store):
-        emb = store.embeddings()
+        scores = q.float() @ store.embeddings().T
         if self.selection == "topk":
-            scores = q.float() @ emb.T
             bad = excluded(None, batch, store.n) | margin_mask(scores, q, batch, self.margin)
             ids = scores.masked_fill(bad, -math.inf).topk(self.k, dim=1).indices
             return Draw(ids, None, bad.gather(1, ids))
-        return scored_draw(self, q, None, emb, batch, store.n)
+        return scored_draw(self, q, None, scores, batch, store.n)
 
     def update(self, batch, draw, fresh, model, store, step):
         self._refresh(store, model, step)  # step is the next step's index

@@ -57,12 +57,11 @@ class IVFPrefilter:
         if self.centroids is None or step - self.built_step >= self.rebuild_every:
             self.build(emb_fn(), step)
 
-    def search(self, q: torch.Tensor, emb_fn, top: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, q: torch.Tensor, emb_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query the ``top`` best cache positions among the probed lists and their scores
         [B, top]; -inf where fewer candidates exist. ``emb_fn(positions)`` gives cached embeddings.
         Batched by list: each probed list is read once and scored against the queries probing it."""
-        top = top or self.top
-        q = q.float()
+        top, q = self.top, q.float()
         b = len(q)
         probe = (q @ self.centroids.T).topk(min(self.nprobe, len(self.centroids)), dim=1).indices  # [B, P]
         p = probe.shape[1]
