@@ -1,12 +1,25 @@
-"""Gumbel-Max draws follow the softmax; Gumbel-top-k is sampling without replacement."""
+"""Gumbel-Max draws follow the softmax, also when streamed over chunks; inclusion probabilities make
+the Horvitz-Thompson estimate of the partition function unbiased; draws with replacement follow
+k q; the compiled kernel and the torch ops give the same draws."""
 
 import itertools
+import math
 
 import numpy as np
+import pytest
 import torch
 from scipy.stats import chisquare
 
-from negminer.samplers.gumbel import gumbel_topk
+from negminer.samplers import kernel
+from negminer.samplers.gumbel import ReplacementStream, TopKStream, gumbel_topk
+
+
+def streamed(logits, k, g, chunk=7, replacement=False, stride=3):
+    b, m = logits.shape
+    acc = ReplacementStream(b, k, g, scale=1.0) if replacement else TopKStream(b, k, g, stride=stride)
+    for s in range(0, m, chunk):
+        acc.add(logits[:, s:s + chunk].clone(), s, 1.0)
+    return acc
 
 
 def test_gumbel_max_follows_softmax_chi_square():
@@ -17,31 +30,123 @@ def test_gumbel_max_follows_softmax_chi_square():
     draws = torch.cat([gumbel_topk(logits.expand(1000, -1), 1, g) for _ in range(n // 1000)]).flatten().numpy()
     counts = np.bincount(draws, minlength=8)
     assert chisquare(counts, p / p.sum() * n).pvalue > 0.01
-    # and the test has power: a wrong distribution is rejected
-    assert chisquare(counts, np.full(8, n / 8)).pvalue < 1e-6
+    assert chisquare(counts, np.full(8, n / 8)).pvalue < 1e-6  # the test has power
 
 
-def test_gumbel_topk_matches_ordered_pair_probabilities():
-    logits = torch.tensor([1.0, 0.0, -0.5, 0.7])
-    p = logits.double().softmax(-1).numpy()
+def test_streamed_first_draw_follows_softmax_in_every_row():
     g = torch.Generator().manual_seed(1)
-    n = 40_000
-    draws = gumbel_topk(logits.expand(n, -1), 2, g).numpy()
-    assert all(a != b for a, b in draws[:1000])  # without replacement
-    pairs = list(itertools.permutations(range(4), 2))
-    exact = np.array([p[i] * p[j] / (1 - p[i]) for i, j in pairs])
-    seen = {pr: 0 for pr in pairs}
-    for a, b in draws:
-        seen[(int(a), int(b))] += 1
-    counts = np.array([seen[pr] for pr in pairs])
-    assert abs(exact.sum() - 1) < 1e-6
-    assert chisquare(counts, exact / exact.sum() * n).pvalue > 0.01
+    logits = torch.randn(4, 30, generator=g) * 1.5
+    counts = torch.zeros(4, 30)
+    for _ in range(6000):
+        pos, _, _ = streamed(logits, 3, g).result()
+        counts[torch.arange(4), pos[:, 0]] += 1
+    p = logits.double().softmax(-1).numpy()
+    for i in range(4):
+        assert chisquare(counts[i].numpy(), p[i] * counts[i].sum().item()).pvalue > 0.001, i
 
 
-def test_masked_entries_never_drawn_and_replacement_repeats():
-    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).expand(500, -1)
+def test_streamed_topk_matches_ordered_pair_probabilities():
+    logits = torch.tensor([[1.0, 0.0, -0.5, 0.7]] * 2)
+    p = logits[0].double().softmax(-1).numpy()
     g = torch.Generator().manual_seed(2)
-    d = gumbel_topk(logits, 2, g)
-    assert set(d.flatten().tolist()) == {0, 2}
-    r = gumbel_topk(torch.zeros(200, 3), 3, g, replacement=True)
-    assert (r[:, 0] == r[:, 1]).any()
+    pairs = list(itertools.permutations(range(4), 2))
+    seen = {pr: 0 for pr in pairs}
+    n = 20_000
+    for _ in range(n // 2):
+        pos, _, _ = streamed(logits, 2, g, chunk=3).result()
+        for a, b in pos.tolist():
+            assert a != b  # without replacement
+            seen[(a, b)] += 1
+    exact = np.array([p[i] * p[j] / (1 - p[i]) for i, j in pairs])
+    assert chisquare(np.array([seen[pr] for pr in pairs]), exact / exact.sum() * n).pvalue > 0.01
+
+
+@pytest.mark.parametrize("replacement", [False, True], ids=["inclusion", "with-replacement"])
+def test_weighted_estimate_of_the_partition_function_is_unbiased(replacement):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 50, generator=g) * 2.0
+    f = logits + torch.randn(3, 50, generator=g)  # estimate sum_j exp(f_j) with draws from softmax(logits)
+    z = f.exp().sum(1)
+    est = []
+    for _ in range(4000):
+        pos, log_pi, mask = streamed(logits, 5, g, chunk=16, replacement=replacement).result()
+        est.append((f.gather(1, pos) - log_pi).exp().masked_fill(mask, 0).sum(1))
+    est = torch.stack(est)
+    se = est.std(0) / math.sqrt(len(est))
+    assert ((est.mean(0) - z).abs() < 4 * se).all(), (est.mean(0) / z, se / z)
+
+
+def test_old_k_q_weight_is_biased_without_replacement():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.tensor([[4.0, 2.0, 1.0] + [0.0] * 20])
+    z = float(logits.exp().sum())
+    est = []
+    for _ in range(4000):
+        pos, _, _ = streamed(logits, 4, g).result()
+        log_kq = math.log(4) + logits.log_softmax(-1).gather(1, pos)
+        est.append(float((logits.gather(1, pos) - log_kq).exp().sum()))
+    assert abs(np.mean(est) / z - 1) > 20 * np.std(est) / math.sqrt(len(est)) / z
+
+
+def test_inclusion_of_a_candidate_from_two_pools():
+    """A target that another pool (the batch, expected count c) may also contain: with pi taken at the
+    k-th key when it was not drawn and at kappa when it was, E[(N_pool + 1{drawn}) / (c + pi)] = 1."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.tensor([[1.5, 1.0, 0.5, 0.0, -0.5, -1.0]])
+    j, c = 1, 0.4
+    rng = np.random.default_rng(0)
+    right, wrong = [], []
+    for _ in range(20_000):
+        acc = streamed(logits, 2, g, chunk=4)
+        pos, _, mask = acc.result()
+        drawn = torch.tensor([[bool((pos[0] == j).any())]])
+        lj = logits[:, j:j + 1]
+        n_pool = float(rng.random() < c)
+        right.append((n_pool + float(drawn)) / (c + float(acc.log_pi_of(lj, drawn).exp())))
+        wrong.append((n_pool + float(drawn)) / (c + float(acc.log_pi_of(lj, torch.ones_like(drawn)).exp())))
+    se = np.std(right) / math.sqrt(len(right))
+    assert abs(np.mean(right) - 1) < 4 * se, np.mean(right)
+    assert abs(np.mean(wrong) - 1) > 8 * se, np.mean(wrong)
+
+
+def test_with_replacement_counts_follow_k_q_and_log_z_is_exact():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 40, generator=g)
+    counts = torch.zeros(2, 40)
+    for _ in range(3000):
+        acc = streamed(logits, 4, g, chunk=9, replacement=True)
+        pos, log_pi, _ = acc.result()
+        counts.scatter_add_(1, pos, torch.ones_like(pos, dtype=torch.float))
+    assert torch.allclose(acc.log_z[1.0], logits.logsumexp(1), atol=1e-5)
+    p = logits.double().softmax(-1).numpy()
+    for i in range(2):
+        assert chisquare(counts[i].numpy(), p[i] * counts[i].sum().item()).pvalue > 0.001
+
+
+def test_masked_entries_never_drawn_and_short_rows_masked_per_row():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.zeros(2, 10)
+    logits[0, 3:] = -math.inf  # row 0: only 3 usable candidates, row 1: ten
+    for _ in range(200):
+        pos, log_pi, mask = streamed(logits, 5, g, chunk=4).result()
+        assert mask[0].tolist() == [False] * 3 + [True] * 2 and not mask[1].any()
+        assert set(pos[0, :3].tolist()) == {0, 1, 2}
+        assert torch.allclose(log_pi[0, :3], torch.zeros(3))  # all usable drawn: pi = 1
+        assert len(set(pos[1].tolist())) == 5
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_and_torch_ops_give_the_same_draws(monkeypatch, dtype):
+    scores = torch.randn(16, 1000, generator=torch.Generator().manual_seed(8)).to(dtype)
+
+    def run():
+        acc = TopKStream(16, 6, torch.Generator().manual_seed(9), stride=5)
+        for s in range(0, 1000, 300):
+            acc.add(scores[:, s:s + 300].clone(), s, 20.0)
+        return acc.result()
+
+    a = run()
+    monkeypatch.setattr(kernel, "get", lambda: None)
+    b = run()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.allclose(a[1], b[1])
