@@ -53,7 +53,7 @@ def test_diagnostics_of_the_exact_sampler_are_exact(tiny_beir, tmp_path):
     cfg = resolve({"data": str(tiny_beir), "out": str(tmp_path), "encoder": "static", "negatives": "exact",
                    "batch_size": 8, "num_negatives": 8, "quiet": True})
     tr = Trainer(cfg)
-    tr.sampler.setup(tr.store, tr.model, 0)
+    tr.setup_sampler()
     d = diagnose_trainer(tr, 0)
     assert d["tv"] < 1e-4 and d["kl"] < 1e-4
     cfg_u = resolve({**cfg.to_dict(), "negatives": "uniform"})

@@ -24,6 +24,7 @@ class TrainConfig:
     negatives: str = field(default="inbatch", metadata={"help": "negative sampler"})
     loss: str = field(default="softmax", metadata={"help": "softmax | cache-surrogate"})
     num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
+    replacement: bool = field(default=False, metadata={"help": "draw negatives with replacement (the cache surrogate always does)"})
     inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
@@ -40,6 +41,10 @@ class TrainConfig:
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
+    store_device: str = field(default="auto", metadata={"help": "auto (where the model trains, if it fits) | cpu | cuda"})
+    store_max_ram_mb: float = field(default=0.0, metadata={"help": "memory-map the store to RUN_DIR/store.npy when larger (0: no limit)"})
+    write_back: str = field(default="eval", metadata={"help": "drawn targets and positives into the store: eval (eval-mode "
+                            "embeddings; free without dropout, else re-encoded) | train (the training forward's, free) | none"})
     dedupe_text: bool = field(default=True, metadata={"help": "mask targets whose text equals a positive's"})
     diagnose_every: int = field(default=0, metadata={"help": "log sampler diagnostics every N steps"})
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use --epochs)"})
@@ -49,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = field(default=0.1, metadata={"help": "warm-up, as a fraction of the steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    on_nan: str = field(default="stop", metadata={"help": "a non-finite loss or gradient: stop (exit 3, last checkpoint kept) | skip the step"})
     seed: int = 42
     query_max_length: int = field(default=32, metadata={"help": "query tower max tokens"})
     target_max_length: int = field(default=128, metadata={"help": "target tower max tokens"})
@@ -156,6 +162,14 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.refresh_order in ("oldest", "random"), "refresh_order must be oldest or random"),
         (cfg.stream_policy in ("fifo", "lru"), "stream_policy must be fifo or lru"),
         (cfg.store_dtype in ("fp32", "fp16", "bf16"), "store_dtype must be fp32, fp16 or bf16"),
+        (cfg.store_device in ("auto", "cpu", "cuda") or cfg.store_device.startswith("cuda:"), "store_device: auto, cpu or cuda"),
+        (cfg.store_max_ram_mb >= 0, "store_max_ram_mb must be >= 0"),
+        (cfg.write_back in ("eval", "train", "none"), "write_back must be eval, train or none"),
+        (cfg.on_nan in ("stop", "skip"), "on_nan must be stop or skip"),
+        (not (cfg.loss == "cache-surrogate" and cfg.selection == "topk"),
+         "--loss cache-surrogate needs draws from the softmax; --selection topk gives none"),
+        (not (cfg.negatives == "cache-stream" and cfg.write_back == "none"),
+         "--negatives cache-stream keeps the positives' written-back embeddings; it cannot run with --write-back none"),
         (cfg.prefilter_top >= 0 and cfg.prefilter_nprobe > 0 and cfg.prefilter_nlist >= 0 and cfg.prefilter_rebuild > 0,
          "prefilter_top and prefilter_nlist must be >= 0, prefilter_nprobe and prefilter_rebuild > 0"),
         (cfg.prefilter_top == 0 or cfg.negatives == "cache", "--prefilter-top needs --negatives cache"),
@@ -172,7 +186,7 @@ def _validate(cfg: TrainConfig) -> None:
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
     import yaml
 
-    from negminer.train.io import atomic_write_text
+    from negminer.fileio import atomic_write_text
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))

@@ -21,3 +21,9 @@ class DataError(NegminerError):
 
 class ConfigError(NegminerError):
     """A bad option or config file."""
+
+
+class TrainingDiverged(NegminerError):
+    """A non-finite loss or gradient with ``--on-nan stop``: nothing of that step was applied."""
+
+    exit_code = 3

@@ -5,7 +5,7 @@ import torch
 from negminer.losses import SoftmaxLoss
 
 
-def brute_force(q, pos, scale, pool, pool_mask, neg, neg_mask, log_q):
+def brute_force(q, pos, scale, pool, pool_mask, pool_log_pi, neg, neg_mask, log_pi):
     total = 0.0
     B = q.shape[0]
     for i in range(B):
@@ -13,11 +13,10 @@ def brute_force(q, pos, scale, pool, pool_mask, neg, neg_mask, log_q):
         terms = [s_pos]
         for j in range(pool.shape[0]):
             if not pool_mask[i, j]:
-                terms.append(float(q[i] @ pool[j]) * scale)
-        k = neg.shape[1]
-        for j in range(k):
+                terms.append(float(q[i] @ pool[j]) * scale - float(pool_log_pi[i, j]))
+        for j in range(neg.shape[1]):
             if not neg_mask[i, j]:
-                terms.append(float(q[i] @ neg[i, j]) * scale - float(log_q[i, j]) - math.log(k))
+                terms.append(float(q[i] @ neg[i, j]) * scale - float(log_pi[i, j]))
         m = max(terms)
         lse = m + math.log(sum(math.exp(t - m) for t in terms))
         total += lse - s_pos
@@ -31,10 +30,15 @@ def test_softmax_matches_brute_force_with_masks_and_correction():
     pool, neg = torch.randn(M, d, generator=g), torch.randn(B, k, d, generator=g)
     pool_mask = torch.rand(B, M, generator=g) < 0.3
     neg_mask = torch.rand(B, k, generator=g) < 0.3
-    log_q = torch.log(torch.rand(B, k, generator=g))
-    got = SoftmaxLoss()(q, pos, 3.0, pool=pool, pool_mask=pool_mask, neg=neg, neg_mask=neg_mask, log_q=log_q)
-    want = brute_force(q, pos, 3.0, pool, pool_mask, neg, neg_mask, log_q)
+    log_pi = torch.log(torch.rand(B, k, generator=g))
+    pool_log_pi = torch.log(torch.rand(B, M, generator=g))
+    got = SoftmaxLoss()(q, pos, 3.0, pool=pool, pool_mask=pool_mask, pool_log_pi=pool_log_pi, neg=neg,
+                        neg_mask=neg_mask, neg_log_pi=log_pi)
+    want = brute_force(q, pos, 3.0, pool, pool_mask, pool_log_pi, neg, neg_mask, log_pi)
     assert abs(float(got) - want) < 1e-5
+    plain = SoftmaxLoss()(q, pos, 3.0, pool=pool, pool_mask=pool_mask, neg=neg, neg_mask=neg_mask)
+    assert abs(float(plain) - brute_force(q, pos, 3.0, pool, pool_mask, torch.zeros(B, M), neg, neg_mask,
+                                          torch.zeros(B, k))) < 1e-5
 
 
 def test_inbatch_softmax_equals_cross_entropy_of_similarity_matrix():

@@ -1,11 +1,12 @@
-from negminer.samplers import inbatch_mask
+import torch
+
+from negminer.samplers import Exclusions, inbatch_mask
 
 
 def test_mask_hides_other_positives_and_duplicate_targets():
     # query 0 has positives {3, 5}; query 1 drew 5 (a positive of query 0); query 2 drew 3 again
-    pos_rows = [3, 5, 3, 9]
-    positives = [{3: 1, 5: 1}, {5: 1}, {3: 1}, {9: 1}]
-    m = inbatch_mask(pos_rows, positives)
+    pos_rows = torch.tensor([3, 5, 3, 9])
+    m = inbatch_mask(pos_rows, Exclusions([{3, 5}, {5}, {3}, {9}], 10))
     assert m.diagonal().all()
     assert m[0, 1] and m[0, 2] and not m[0, 3]
     assert m[2, 0] and not m[2, 1]

@@ -7,24 +7,10 @@ import numpy as np
 import torch
 from scipy.stats import chisquare
 
-from negminer.samplers import Batch, CacheSampler
+from samplerkit import batch, encoder, make_store
+
+from negminer.samplers import CacheSampler
 from negminer.samplers.prefilter import IVFPrefilter
-from negminer.store import TargetStore
-
-
-class Model:
-    """Target text i embeds to E[i]."""
-
-    target_max_length = 1
-
-    def __init__(self, E):
-        self.E, self.target_tower = E, self
-
-    def target_token_ids(self, texts):
-        return [[int(t)] for t in texts]
-
-    def encode_target_ids(self, ids, batch_size=128, progress=False):
-        return self.E[[x[0] for x in ids]]
 
 
 def clustered(n=4000, d=16, centers=40, seed=0):
@@ -36,7 +22,7 @@ def clustered(n=4000, d=16, centers=40, seed=0):
 
 def searched(E, q, top, nlist, nprobe):
     f = IVFPrefilter(top=top, nlist=nlist, nprobe=nprobe, seed=0)
-    f.build(E, step=0)
+    f.build(lambda p: E[p], len(E), step=0)
     return f.search(q, lambda p: E[p])
 
 
@@ -64,7 +50,7 @@ def test_few_lists_probed_keep_most_of_the_top_k():
 def test_fewer_candidates_than_top_are_padded_with_minus_inf():
     E, q = clustered(n=200), clustered(n=16, seed=3)
     f = IVFPrefilter(top=150, nlist=20, nprobe=2, seed=0)  # 2 lists of ~10 rows each < 150
-    f.build(E, step=0)
+    f.build(lambda p: E[p], len(E), step=0)
     pos, val = f.search(q, lambda p: E[p])
     probe = (q @ f.centroids.T).topk(2, dim=1).indices
     for i in range(len(q)):
@@ -78,15 +64,14 @@ def test_fewer_candidates_than_top_are_padded_with_minus_inf():
 def test_cache_draws_follow_the_truncated_softmax():
     n, d, top = 300, 8, 12
     E = torch.nn.functional.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(0)), dim=-1)
-    store = TargetStore([str(i) for i in range(n)], [str(i) for i in range(n)], d)
+    store, model = make_store(E, fill=False)
     s = CacheSampler(1, prefilter_top=top, prefilter_nlist=10, prefilter_nprobe=10, seed=0)
-    s.setup(store, Model(E), 0)
+    s.setup(store, model, 0, encode=encoder(store, model))
     q, pos = E[:1] * 1.0, torch.tensor([0])
     scale = 4.0
     counts = {}
     for step in range(6000):
-        b = Batch(step, pos, [{0}], E[pos], torch.Generator().manual_seed(step), scale)
-        draw = s.sample(q, b, store)
+        draw = s.sample(q, batch(E, pos, step=step, scale=scale), store)
         j = int(draw.ids[0, 0])
         counts[j] = counts.get(j, 0) + 1
     cand = (q @ E.T)[0].topk(top).indices.tolist()
@@ -96,23 +81,27 @@ def test_cache_draws_follow_the_truncated_softmax():
     p = logits.double().softmax(-1).numpy()
     obs = np.array([counts.get(c, 0) for c in cand])
     assert chisquare(obs, p * obs.sum()).pvalue > 0.01
-    # and the log-probabilities returned are those of the truncated softmax
-    b = Batch(0, pos, [{0}], E[pos], torch.Generator().manual_seed(0), scale)
-    draw = s.sample(q, b, store)
-    j = cand.index(int(draw.ids[0, 0]))
-    assert math.isclose(float(draw.log_q[0, 0]), float(logits.log_softmax(-1)[j]), abs_tol=1e-5)
+    # and with one draw and no (k+1)-th key beyond the candidates, pi is that of the truncated softmax:
+    # pi_j = 1 - exp(-exp(l_j - kappa)); check the weighted estimate of Z over the candidates is unbiased
+    est = []
+    for step in range(3000):
+        draw = s.sample(q, batch(E, pos, step=10_000 + step, scale=scale), store)
+        j = cand.index(int(draw.ids[0, 0]))
+        est.append(math.exp(float(logits[j]) - float(draw.log_pi[0, 0])))
+    z = float(logits.exp().sum())
+    assert abs(np.mean(est) - z) < 4 * np.std(est) / math.sqrt(len(est))
 
 
 def test_prefilter_state_round_trip_and_rebuild_schedule():
     E = clustered(n=1000)
     f = IVFPrefilter(top=10, nlist=16, nprobe=2, rebuild_every=5, seed=3)
-    f.maybe_rebuild(lambda: E, step=0)
+    f.maybe_rebuild(lambda p: E[p], len(E), step=0)
     assert f.built_step == 0
-    f.maybe_rebuild(lambda: E, step=4)
+    f.maybe_rebuild(lambda p: E[p], len(E), step=4)
     assert f.built_step == 0
     g = IVFPrefilter(top=10, nlist=16, nprobe=2, rebuild_every=5, seed=3)
     g.load_state(f.state("p"), "p")
     q = clustered(n=8, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(f.search(q, lambda p: E[p]), g.search(q, lambda p: E[p])))
-    f.maybe_rebuild(lambda: E, step=5)
+    f.maybe_rebuild(lambda p: E[p], len(E), step=5)
     assert f.built_step == 5

@@ -1,74 +1,50 @@
-"""Refresh and streaming: counters, ages and eviction order are exact; no sampler returns a positive."""
+"""Refresh and streaming: counters, ages and eviction order are exact; no sampler returns a positive;
+a query with fewer usable candidates than k gets masked slots while the others get k."""
 
 import math
 
 import pytest
 import torch
+from samplerkit import batch, encoder, make_store, unit
 
-from negminer.samplers import AnceSampler, Batch, CacheSampler, CacheStreamSampler, ExactSampler, UniformSampler
-from negminer.store import TargetStore
-
-
-class Model:
-    """Target text i tokenises to [i] and embeds to E[i]; counts encodes."""
-
-    target_max_length = 1
-
-    def __init__(self, E):
-        self.E, self.calls, self.target_tower = E, 0, self
-
-    def target_token_ids(self, texts):
-        return [[int(t)] for t in texts]
-
-    def encode_target_ids(self, ids, batch_size=128, progress=False):
-        self.calls += len(ids)
-        return self.E[[x[0] for x in ids]]
+from negminer.samplers import AnceSampler, CacheSampler, CacheStreamSampler, ExactSampler, UniformSampler
 
 
 def make(n=50, d=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    E = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)
-    store = TargetStore([str(i) for i in range(n)], [str(i) for i in range(n)], d)
-    return E, store, Model(E)
-
-
-def batch(E, pos, exclude=None, step=0):
-    pos = torch.as_tensor(pos)
-    return Batch(step, pos, exclude or [{int(p)} for p in pos], E[pos], torch.Generator().manual_seed(step), 20.0)
+    E = unit(n, d, seed)
+    store, model = make_store(E, fill=False)
+    return E, store, model
 
 
 def test_cache_refresh_oldest_first_counts_and_ages():
     E, store, model = make()
+    enc = encoder(store, model)
     s = CacheSampler(4, cache_size=20, refresh_fraction=0.1, refresh_order="oldest", seed=3)
-    s.setup(store, model, 0)
+    s.setup(store, model, 0, encode=enc)
     rows = s.rows
     assert len(rows) == 20 and store.target_encodes == 20 and (store.age[rows] == 0).all()
     assert (store.age[[r for r in range(50) if r not in set(rows.tolist())]] == -1).all()
-    q = E[:3]
     b = batch(E, rows[:3])
-    d = s.sample(q, b, store)
+    d = s.sample(E[:3], b, store)
     assert d.ids.shape == (3, 4) and set(d.ids.flatten().tolist()) <= set(rows.tolist())
-    s.update(b, d, E[d.ids], model, store, step=5)  # drawn + positives written at step 4, 2 oldest re-encoded at 5
+    written = torch.cat([d.ids.flatten(), rows[:3]]).unique()
+    store.write(written, E[written], 4)  # the trainer's write-back during step 4
+    s.update(b, d, model, store, 5, encode=enc)  # then the 2 oldest are re-encoded at 5
     assert store.target_encodes == 22 and model.calls == 22
-    written = set(d.ids.flatten().tolist()) | set(rows[:3].tolist())
-    assert all(store.age[r] == 4 for r in written)
-    expected_refreshed = [int(r) for r in rows if int(r) not in written][:2]  # age 0, ties by row
-    assert sorted(int(r) for r in rows if store.age[r] == 5) == expected_refreshed
-    assert s.last_stats["staleness"] == pytest.approx(0.0, abs=1e-6)
+    expected = [int(r) for r in rows if int(r) not in set(written.tolist())][:2]  # age 0, ties by row
+    assert sorted(int(r) for r in rows if store.age[r] == 5) == expected
 
 
-def test_cache_refresh_random_is_seeded():
-    E, store, model = make()
-    a = CacheSampler(2, refresh_fraction=0.2, refresh_order="random", seed=1)
-    a.setup(store, model, 0)
-    b = batch(E, [0, 1])
-    a.update(b, a.sample(E[:2], b, store), None, model, store, 1)
-    ages_a = store.age.clone()
-    E2, store2, model2 = make()
-    c = CacheSampler(2, refresh_fraction=0.2, refresh_order="random", seed=1)
-    c.setup(store2, model2, 0)
-    c.update(b, c.sample(E[:2], b, store2), None, model2, store2, 1)
-    assert torch.equal(ages_a, store2.age) and int((store.age == 1).sum()) == 10
+def test_cache_refresh_random_is_seeded_and_without_repeats():
+    ages = []
+    for _ in range(2):
+        E, store, model = make()
+        s = CacheSampler(2, refresh_fraction=0.2, refresh_order="random", seed=1)
+        s.setup(store, model, 0, encode=encoder(store, model))
+        b = batch(E, [0, 1])
+        s.update(b, s.sample(E[:2], b, store), model, store, 1, encode=encoder(store, model))
+        ages.append(store.age.clone())
+    assert torch.equal(ages[0], ages[1]) and int((ages[0] == 1).sum()) == 10
 
 
 @pytest.mark.parametrize("policy", ["fifo", "lru"])
@@ -77,9 +53,9 @@ def test_stream_eviction_order(policy):
     s = CacheStreamSampler(1, cache_size=4, policy=policy)
     ref = []  # reference: a list, oldest first
 
-    def touch(r, used):
+    def touch(r):
         if r in ref:
-            if policy == "lru" and used:
+            if policy == "lru":
                 ref.remove(r), ref.append(r)
         else:
             ref.append(r)
@@ -91,26 +67,30 @@ def test_stream_eviction_order(policy):
         d = s.sample(E[pos], b, store)
         if step == 0:
             assert d.ids.numel() == 0  # an empty queue draws nothing
-        assert set(d.ids.flatten().tolist()) <= set(ref)
-        s.update(b, d, E[d.ids] if d.ids.numel() else None, model, store, step + 1)
-        for r in d.ids.flatten().tolist():
-            touch(r, used=True)
+        assert set(d.ids[~d.mask].tolist()) <= set(ref)
+        store.write(torch.tensor(pos), E[pos], step)
+        s.update(b, d, model, store, step + 1)
+        if policy == "lru":
+            for r in d.ids[~d.mask].tolist():
+                touch(r)
         for r in pos:
-            touch(r, used=True)
+            touch(r)
         assert list(s.queue) == ref, (step, list(s.queue), ref)
     if policy == "fifo":
         assert list(s.queue) == [3, 5, 6, 7]  # 1 and 2 left first; re-seen 3 kept its place
-    assert store.target_encodes == 0 and (store.age[[7, 3]] == 3).all()  # encoded during step 3
 
 
-@pytest.mark.parametrize("make_sampler", [
-    lambda: UniformSampler(30), lambda: ExactSampler(10), lambda: ExactSampler(10, selection="topk"),
-    lambda: AnceSampler(10, top=20), lambda: CacheSampler(10), lambda: CacheSampler(10, replacement=True)],
-    ids=["uniform", "exact", "exact-topk", "ance", "cache", "cache-repl"])
+SAMPLERS = [lambda: UniformSampler(30), lambda: ExactSampler(10), lambda: ExactSampler(10, selection="topk"),
+            lambda: AnceSampler(10, top=20), lambda: CacheSampler(10), lambda: CacheSampler(10, replacement=True),
+            lambda: CacheSampler(10, prefilter_top=20, prefilter_nlist=5, prefilter_nprobe=5)]
+IDS = ["uniform", "exact", "exact-topk", "ance", "cache", "cache-repl", "cache-prefilter"]
+
+
+@pytest.mark.parametrize("make_sampler", SAMPLERS, ids=IDS)
 def test_no_sampler_returns_a_usable_positive(make_sampler):
     E, store, model = make()
     s = make_sampler()
-    s.setup(store, model, 0)
+    s.setup(store, model, 0, encode=encoder(store, model))
     pos = [0, 1, 2, 3]
     exclude = [{0, 10, 11}, {1, 12}, {2}, {3, 13, 14, 15}]  # positives and their duplicates
     for step in range(5):
@@ -125,14 +105,27 @@ def test_no_sampler_returns_a_usable_positive(make_sampler):
             assert all(math.isinf(float(logq[i, r])) for r in exclude[i])
 
 
+@pytest.mark.parametrize("make_sampler", SAMPLERS[1:3] + SAMPLERS[4:], ids=IDS[1:3] + IDS[4:])
+def test_a_query_with_few_candidates_does_not_shorten_the_others(make_sampler):
+    E, store, model = make(n=30)
+    s = make_sampler()
+    s.k = 6
+    s.setup(store, model, 0, encode=encoder(store, model))
+    exclude = [set(range(26)), {1}]  # query 0 keeps 4 usable targets (26..29), query 1 keeps 29
+    b = batch(E, [0, 1], exclude)
+    d = s.sample(E[[0, 1]], b, store)
+    if not s.replacement and getattr(s, "prefilter", None) is None:  # a prefilter may not reach all four
+        assert int((~d.mask[0]).sum()) == 4 and set(d.ids[0][~d.mask[0]].tolist()) == {26, 27, 28, 29}
+    assert not d.mask[1].any()
+    assert set(d.ids[0][~d.mask[0]].tolist()) <= {26, 27, 28, 29}
+
+
 def test_margin_drops_near_duplicates():
     E, store, model = make()
     s = ExactSampler(5, selection="topk", margin=0.0)
-    s.setup(store, model, 0)
+    s.setup(store, model, 0, encode=encoder(store, model))
     q = E[[0]]
-    b = batch(E, [0])
-    d = s.sample(q, b, store)
+    d = s.sample(q, batch(E, [0]), store)
     scores = (q @ E.T)[0]
-    s_pos = float(scores[0])
     for j, r in enumerate(d.ids[0].tolist()):
-        assert d.mask[0, j] or float(scores[r]) <= s_pos
+        assert d.mask[0, j] or float(scores[r]) <= float(scores[0]) + 1e-6

@@ -2,19 +2,35 @@
 
 The batch of any step is a pure function of (seed, step), so a resumed run sees exactly the
 batches an uninterrupted run would have seen.
+
+For the in-batch / sampled mixture (losses/inputs.py) the batcher says how often a target shows
+up among one query's in-batch negatives: the other B - 1 queries are a uniform sample of the other
+n - 1, and each takes one of its positives uniformly, so target j is expected
+    c_batch(j) = (B - 1) / (n - 1) * w_j,   w_j = sum over training queries q with j in pos(q) of 1 / |pos(q)|
+times (j not a positive of the query itself, which is masked anyway).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 
 
 class RandomBatcher:
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
+    def __init__(self, num_examples: int, batch_size: int, seed: int, positives=None, num_targets: int = 0):
         if num_examples < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training queries")
         self.n, self.batch_size, self.seed = num_examples, batch_size, seed
         self._perm_epoch, self._perm = -1, None
+        self.log_w = None
+        if positives is not None:  # per training query, its positive rows
+            w = np.zeros(num_targets, dtype=np.float64)
+            for rows in positives:
+                np.add.at(w, np.asarray(list(rows), dtype=np.int64), 1.0 / len(rows))
+            with np.errstate(divide="ignore"):
+                self.log_w = torch.from_numpy(np.log(w))
 
     @property
     def batches_per_epoch(self) -> int:
@@ -30,3 +46,9 @@ class RandomBatcher:
             self._perm = np.random.default_rng([self.seed, epoch, 17]).permutation(self.n)
             self._perm_epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def log_batch_count(self, rows: torch.Tensor) -> torch.Tensor:
+        """log c_batch of target ``rows`` (any shape; -inf for targets that are nobody's positive)."""
+        b = self.batch_size
+        c = math.log((b - 1) / max(1, self.n - 1)) if b > 1 else -math.inf
+        return (self.log_w[rows.cpu()] + c).float()

@@ -7,7 +7,8 @@ so with negatives j_1..j_k drawn (with replacement) from the cache's softmax,
     L_sur = stopgrad(1 - p_pos) * mean_m (s_{j_m} - s_pos),
     p_pos = exp(s_pos) / (exp(s_pos) + sum_{j in cache} exp(s~_j))      (s~: stale cached scores)
 has that gradient in expectation when the cache is fresh. ``log_z`` is log sum_j exp(s~_j) from the
-sampler. Masked draws (positives, duplicates) are left out of the mean.
+sampler's streaming pass. Masked draws (positives, duplicates) are left out of the mean. It uses
+the sampled negatives only (no in-batch pool).
 
 Example::
 
@@ -21,9 +22,13 @@ from torch import Tensor
 
 
 class CacheSurrogateLoss(torch.nn.Module):
-    needs_log_z = True
+    needs = frozenset({"neg", "log_z"})
+    replacement = True  # the mean over draws estimates an expectation under the proposal
 
-    def forward(self, q: Tensor, pos: Tensor, scale, neg: Tensor, neg_mask: Tensor, log_z: Tensor, **_) -> Tensor:
+    def forward(self, q: Tensor, pos: Tensor, scale, neg: Tensor | None = None, neg_mask: Tensor | None = None,
+                log_z: Tensor | None = None) -> Tensor:
+        if neg is None:  # nothing to draw from yet (a stream's first step): no gradient signal
+            return (q.sum() + pos.sum()) * 0.0
         q, pos, neg = q.float(), pos.float(), neg.float()
         s_pos = (q * pos).sum(-1) * scale                        # [B]
         s_neg = torch.einsum("bd,bkd->bk", q, neg) * scale       # [B, k]

@@ -14,19 +14,23 @@ import math
 
 import torch
 
-from negminer.samplers.base import Draw, Sampler, excluded, margin_mask
+from negminer.samplers.base import Draw, Sampler
 
 
 class AnceSampler(Sampler):
     name = "ance"
+    write_back = False
 
     def __init__(self, k: int, refresh_every: int = 100, top: int = 100, **kw):
         super().__init__(k, **kw)
         self.refresh_every, self.top, self.index = max(1, refresh_every), top, None
 
-    def setup(self, store, model, step):
+    def pool_size(self, store):
+        return min(self.top, store.n)
+
+    def setup(self, store, model, step, encode=None):
         if int(store.age.min()) < 0:
-            store.encode(range(store.n), model, step)
+            encode(torch.arange(store.n), step)
         self._build(store)
 
     def _build(self, store):
@@ -34,37 +38,44 @@ class AnceSampler(Sampler):
             import faiss
 
             self.index = faiss.IndexFlatIP(store.dim)
-            self.index.add(store.embeddings().numpy())
+            for s in range(0, store.n, 1 << 18):
+                self.index.add(store.embeddings(torch.arange(s, min(store.n, s + (1 << 18)))).numpy())
         except ModuleNotFoundError:
             self.index = None
 
     def _search(self, q, store, k):
         if self.index is not None:
-            s, i = self.index.search(q.float().contiguous().numpy(), k)
+            s, i = self.index.search(q.float().cpu().contiguous().numpy(), k)
             return torch.from_numpy(s), torch.from_numpy(i).long()
-        return (q.float() @ store.embeddings().T).topk(k, dim=1)
+        return (q.float().cpu() @ store.embeddings().T).topk(k, dim=1)
 
     def sample(self, q, batch, store):
-        b = len(q)
-        extra = max(len(e) for e in batch.exclude)
+        extra = int(torch.bincount(batch.excl.qi, minlength=len(q)).max()) if len(batch.excl.qi) else 0
         s, ids = self._search(q, store, min(store.n, self.top + extra))
-        bad = excluded(ids.flatten(), batch, store.n).view(b, -1, ids.shape[1])  # [B, B, K]
-        bad = bad[torch.arange(b), torch.arange(b)] | margin_mask(s, q, batch, self.margin)
+        bad = batch.excl.contains(ids)
+        over = self.margin_over(q.cpu(), batch)
+        if over is not None:
+            bad |= s > over.unsqueeze(1)
         keys = torch.rand(ids.shape, generator=batch.generator).masked_fill(bad, math.inf)
         rank = bad.cumsum(1)  # keep the first `top` usable candidates only
         keys = keys.masked_fill(torch.arange(ids.shape[1]) - rank >= self.top, math.inf)
         pick = keys.topk(min(self.k, ids.shape[1]), dim=1, largest=False).indices
-        return Draw(ids.gather(1, pick), None, torch.isinf(keys.gather(1, pick)))
+        return Draw(ids.gather(1, pick), torch.isinf(keys.gather(1, pick)))
 
-    def update(self, batch, draw, fresh, model, store, step):
+    def update(self, batch, draw, model, store, step, encode=None):
         if step % self.refresh_every == 0:
-            store.encode(range(store.n), model, step)
+            encode(torch.arange(store.n), step)
             self._build(store)
 
+    def refreshed_at(self, step: int) -> bool:
+        return step % self.refresh_every == 0
+
     def proposal(self, q, batch, store):
-        s, ids = self._search(q, store, min(store.n, self.top + max(len(e) for e in batch.exclude)))
+        extra = int(torch.bincount(batch.excl.qi, minlength=len(q)).max()) if len(batch.excl.qi) else 0
+        s, ids = self._search(q, store, min(store.n, self.top + extra))
+        bad = batch.excl.contains(ids)
+        keep = (~bad).long().cumsum(1) <= self.top
+        keep &= ~bad
         logq = torch.full((len(q), store.n), -math.inf)
-        for i in range(len(q)):
-            keep = [int(j) for j in ids[i] if int(j) not in batch.exclude[i]][: self.top]
-            logq[i, keep] = -math.log(len(keep))
+        logq.scatter_(1, ids, torch.where(keep, -torch.log(keep.sum(1, keepdim=True).float()), torch.full_like(s, -math.inf)))
         return logq

@@ -1,4 +1,11 @@
-"""What a sampler sees (Batch) and returns (Draw), and the masking every sampler applies."""
+"""What a sampler sees (Batch) and returns (Draw), and the one streaming draw over the store.
+
+A sampler proposes k negatives per query from the store and says how likely each was to be in
+the sample: ``log_pi`` is the log inclusion probability (without replacement) or the log expected
+count k q (with replacement), so that sum_{drawn} exp(s_j) / pi_j is unbiased for sum_j exp(s_j).
+For the in-batch mixture it also gives ``pool_log_pi``: the same quantity for each batch positive,
+per query (-inf where the sampler could not have drawn it).
+"""
 
 from __future__ import annotations
 
@@ -7,61 +14,40 @@ from dataclasses import dataclass
 
 import torch
 
+from negminer.samplers.exclusions import Exclusions
+from negminer.samplers.gumbel import ReplacementStream, TopKStream
+
+NEG_INF = -math.inf
+
 
 @dataclass
 class Batch:
     step: int
-    pos_rows: torch.Tensor           # [B] target row of each query's positive this step
-    exclude: list                    # per query: set of rows never to use as negatives (positives, duplicates)
+    pos_rows: torch.Tensor           # [B] target row of each query's positive this step (CPU)
+    excl: Exclusions                 # rows never to use as negatives, per query (positives, duplicates)
     pos_emb: torch.Tensor            # [B, d] fresh positive embeddings, detached
-    generator: torch.Generator       # seeded from (seed, step)
+    generator: torch.Generator       # CPU, seeded from (seed, step)
     loss_scale: float                # 1 / loss temperature
+    device_generator: torch.Generator | None = None  # on the scoring device, seeded from (seed, step)
+
+    def gen(self, device) -> torch.Generator:
+        device = torch.device(device)
+        if device.type == "cpu" or self.device_generator is None:
+            return self.generator
+        return self.device_generator
 
 
 @dataclass
 class Draw:
-    ids: torch.Tensor                # [B, k] target rows
-    log_q: torch.Tensor | None       # [B, k] log proposal probabilities (None: no correction)
-    mask: torch.Tensor               # [B, k] True = not a usable negative
-    log_z: torch.Tensor | None = None  # [B] logsumexp of stale negative scores x loss scale (cache surrogate)
+    ids: torch.Tensor                       # [B, k] target rows (CPU)
+    mask: torch.Tensor                      # [B, k] True = not a usable negative
+    log_pi: torch.Tensor | None = None      # [B, k] log inclusion probability / expected count (None: no correction)
+    pool_log_pi: torch.Tensor | None = None  # [B, B] the same for each batch positive (in-batch mixture)
+    log_z: torch.Tensor | None = None       # [B] logsumexp of usable stale scores x loss scale
 
     @staticmethod
     def empty(b: int) -> "Draw":
-        return Draw(torch.zeros(b, 0, dtype=torch.long), None, torch.zeros(b, 0, dtype=torch.bool))
-
-
-def excluded(candidates: torch.Tensor | None, batch: Batch, n: int) -> torch.Tensor:
-    """[B, M] bool: candidate j is a positive (or duplicate of one) of query i. ``candidates``: rows
-    [M] shared by all queries, rows [B, M] per query, or None (all n rows)."""
-    b = len(batch.exclude)
-    if candidates is not None and candidates.dim() == 2:
-        mask = torch.zeros(candidates.shape, dtype=torch.bool)
-        for i, ex in enumerate(batch.exclude):
-            if ex:
-                mask[i] = torch.isin(candidates[i], torch.as_tensor(sorted(ex), dtype=torch.long))
-        return mask
-    if candidates is None:
-        mask = torch.zeros(b, n, dtype=torch.bool)
-        for i, ex in enumerate(batch.exclude):
-            mask[i, torch.as_tensor(sorted(ex), dtype=torch.long)] = True
-        return mask
-    pos_of = {}
-    for j, r in enumerate(candidates.tolist()):
-        pos_of.setdefault(r, []).append(j)
-    mask = torch.zeros(b, len(candidates), dtype=torch.bool)
-    for i, ex in enumerate(batch.exclude):
-        for r in ex:
-            for j in pos_of.get(r, ()):
-                mask[i, j] = True
-    return mask
-
-
-def margin_mask(scores: torch.Tensor, q: torch.Tensor, batch: Batch, margin: float | None) -> torch.Tensor:
-    """True where a candidate scores above (positive - margin): likely an unlabelled positive."""
-    if margin is None:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    s_pos = (q * batch.pos_emb).sum(-1, keepdim=True)
-    return scores > s_pos - margin
+        return Draw(torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, 0, dtype=torch.bool))
 
 
 class Sampler:
@@ -69,27 +55,33 @@ class Sampler:
 
     name = "base"
     k = 0
+    needs_store = True
 
     def __init__(self, k: int = 0, margin: float | None = None, sample_temperature: float | None = None,
                  replacement: bool = False):
         self.k, self.margin, self.sample_temperature, self.replacement = k, margin, sample_temperature, replacement
+        self.want_log_z = False  # set by the trainer when the loss needs Draw.log_z
         self.last_stats: dict = {}
 
-    def setup(self, store, model, step: int) -> None:
+    def setup(self, store, model, step: int, encode=None) -> None:
         """Called once before training (and after resume): build caches and indexes."""
 
     def sample(self, q: torch.Tensor, batch: Batch, store) -> Draw:
         raise NotImplementedError
 
-    def update(self, batch: Batch, draw: Draw, fresh: torch.Tensor | None, model, store, step: int) -> None:
-        """After the optimiser step: ``fresh`` [B, k, d] are the drawn targets' encodings (detached)."""
+    def update(self, batch: Batch, draw: Draw, model, store, step: int, encode=None) -> None:
+        """After the optimiser step (``step`` = the next step's index): refresh what the sampler reads."""
+
+    def pool_size(self, store) -> int:
+        """How many targets the sampler draws from (for option checks)."""
+        return store.n if store is not None else 0
 
     def proposal(self, q: torch.Tensor, batch: Batch, store) -> torch.Tensor:
-        """log Q [B, N] over all targets (diagnostics; small N only). Excluded rows get -inf."""
+        """log Q [B, N] of the first draw over all targets (diagnostics; small N only); excluded rows -inf."""
         raise NotImplementedError
 
-    # state for checkpoints: tensors and JSON
     def state(self) -> tuple[dict, dict]:
+        """Checkpoint state: (tensors, JSON)."""
         return {}, {}
 
     def load_state(self, tensors: dict, meta: dict) -> None:
@@ -98,35 +90,89 @@ class Sampler:
     def scale(self, batch: Batch) -> float:
         return 1.0 / self.sample_temperature if self.sample_temperature else batch.loss_scale
 
-
-def scored_draw(sampler: Sampler, q: torch.Tensor, cand: torch.Tensor | None, scores: torch.Tensor, batch: Batch,
-                n: int) -> Draw:
-    """Gumbel draws from softmax(scores / tau_sample) over candidates: rows [M] shared by all queries,
-    None (all n rows), or rows [B, M] per query; ``scores`` [B, M] = q . e (-inf: no candidate)."""
-    from negminer.samplers.gumbel import gumbel_topk
-
-    bad = excluded(cand, batch, n) | margin_mask(scores, q, batch, sampler.margin) | torch.isneginf(scores)
-    logits = (scores * sampler.scale(batch)).masked_fill(bad, -math.inf)
-    usable = int((~bad).sum(1).min())
-    k = min(sampler.k, usable) if not sampler.replacement else sampler.k
-    if k == 0 or usable == 0:
-        return Draw.empty(len(q))
-    idx = gumbel_topk(logits, k, batch.generator, replacement=sampler.replacement)
-    log_q = logits.log_softmax(-1).gather(1, idx)
-    ids = idx if cand is None else cand[idx] if cand.dim() == 1 else cand.gather(1, idx)
-    log_z = (scores * batch.loss_scale).masked_fill(bad, -math.inf).logsumexp(-1)
-    return Draw(ids, log_q, torch.zeros_like(ids, dtype=torch.bool), log_z)
+    def margin_over(self, q: torch.Tensor, batch: Batch) -> torch.Tensor | None:
+        """[B] score above which a candidate is dropped (positive - margin): likely an unlabelled positive."""
+        if self.margin is None:
+            return None
+        return (q.float() * batch.pos_emb.to(q.device).float()).sum(-1) - self.margin
 
 
-def write_back(store, batch: Batch, draw: Draw, fresh: torch.Tensor | None, step: int) -> dict:
-    """Store the fresh embeddings of drawn targets and positives (encoded during step-1, at no extra
-    cost); returns the staleness and age the drawn rows had before."""
-    stats = {}
-    if fresh is not None and draw.ids.numel():
-        ids = draw.ids.flatten()
-        f = fresh.reshape(-1, fresh.shape[-1])
-        stats["staleness"] = store.staleness(ids, f)
-        stats["drawn_age"] = float((step - 1 - store.age[ids]).float().mean())
-        store.write(ids, f, step - 1)
-    store.write(batch.pos_rows, batch.pos_emb, step - 1)
-    return stats
+def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: torch.Tensor | None = None,
+                rows_sorted: bool = True, selection: str = "sample") -> Draw:
+    """Draw k negatives per query from softmax(stale scores / tau_s) over ``rows`` of the store (all
+    if None) in one streaming pass; also ``pool_log_pi`` of the batch positives, and ``log_z`` when
+    the sampler was asked for it. ``selection='topk'``: the exact top-k, no weights."""
+    dev = store.scoring_device
+    b, k, scale = len(q), sampler.k, sampler.scale(batch)
+    ex_q, ex_p = batch.excl.to(dev).positions(None if rows is None else rows.to(dev), sorted_cand=rows_sorted)
+    # the batch positives, as (query, position) pairs to watch, sorted by position
+    pr = batch.pos_rows.to(dev)
+    if rows is None:
+        wpos = pr
+    else:
+        r = rows.to(dev)
+        srt, back = (r, None) if rows_sorted else r.sort()
+        i = torch.searchsorted(srt, pr).clamp(max=max(len(srt) - 1, 0))
+        found = srt[i] == pr if len(srt) else torch.zeros_like(pr, dtype=torch.bool)
+        wpos = torch.where(found, i if back is None else back[i], torch.full_like(i, -1))
+    wq = torch.arange(b, device=dev).repeat_interleave(b)  # pair (i, j): query i, positive of j
+    wp = wpos.repeat(b)
+    keep = wp >= 0
+    order = wp[keep].argsort(stable=True)
+    widx = keep.nonzero().squeeze(1)[order]
+    watch = (wq[keep][order], wp[keep][order])
+    lz_scales = (batch.loss_scale,) if sampler.want_log_z else ()
+    g = batch.gen(dev)
+    if sampler.replacement and selection == "sample":
+        acc = ReplacementStream(b, k, g, dev, scale=scale, log_z_scales=lz_scales, watch=watch)
+    else:
+        stride = 1 + int(torch.randint(61, (1,), generator=batch.generator))
+        acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=stride, log_z_scales=lz_scales, watch=watch)
+    over = sampler.margin_over(q.to(dev), batch)
+    bounds = torch.searchsorted(ex_p, torch.tensor([0], device=dev))  # running slice of exclusion pairs
+    lo = int(bounds[0])
+    for start, scores in store.score_chunks(q, rows):
+        hi = lo + int(torch.searchsorted(ex_p[lo:], torch.tensor([start + scores.shape[1]], device=dev)))
+        acc.add(scores, start, scale, pairs=(ex_q[lo:hi], ex_p[lo:hi]), over=over)
+        lo = hi
+    pos, log_pi, mask = acc.result()
+    ids = pos if rows is None else rows.to(dev)[pos]
+    ids = ids.masked_fill(mask, 0)
+    pool = None
+    if log_pi is not None:
+        logits = torch.full((b * b,), NEG_INF, device=dev)
+        logits[widx] = acc.watched
+        pool = acc.log_pi_of(logits.view(b, b), _drawn(ids, mask, pr))
+    log_z = acc.log_z[batch.loss_scale].cpu() if sampler.want_log_z else None
+    return Draw(ids.cpu(), mask.cpu(), None if log_pi is None else log_pi.cpu(),
+                None if pool is None else pool.cpu(), log_z)
+
+
+def dense_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, cand: torch.Tensor, scores: torch.Tensor) -> Draw:
+    """The same draw over per-query candidates (``cand`` [B, M] rows, ``scores`` [B, M], -inf: padding)."""
+    b, k, scale = len(q), sampler.k, sampler.scale(batch)
+    dense = batch.excl.contains(cand.cpu()).to(scores.device) | torch.isneginf(scores)
+    watch_hit = cand.unsqueeze(1) == batch.pos_rows.to(cand.device).view(1, b, 1)       # [B, B, M]
+    if sampler.replacement:
+        acc = ReplacementStream(b, k, batch.generator, scores.device, scale=scale,
+                                log_z_scales=(batch.loss_scale,) if sampler.want_log_z else ())
+    else:
+        stride = 1 + int(torch.randint(61, (1,), generator=batch.generator))
+        acc = TopKStream(b, k, batch.generator, scores.device, stride=stride,
+                         log_z_scales=(batch.loss_scale,) if sampler.want_log_z else ())
+    acc.add(scores.clone(), 0, scale, dense=dense, over=sampler.margin_over(q, batch))
+    pos, log_pi, mask = acc.result()
+    ids = cand.gather(1, pos).masked_fill(mask, 0)
+    logits = (scores.float() * scale).masked_fill(dense, NEG_INF)
+    over = sampler.margin_over(q, batch)
+    if over is not None:
+        logits = logits.masked_fill(scores > over.unsqueeze(1), NEG_INF)
+    pool_logits = torch.where(watch_hit, logits.unsqueeze(1), torch.full_like(watch_hit, NEG_INF, dtype=logits.dtype))
+    pool = acc.log_pi_of(pool_logits.amax(2), _drawn(ids, mask, batch.pos_rows.to(ids.device)))
+    log_z = acc.log_z[batch.loss_scale].cpu() if sampler.want_log_z else None
+    return Draw(ids.cpu(), mask.cpu(), log_pi.cpu(), pool.cpu(), log_z)
+
+
+def _drawn(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, m]: rows[j] is among query i's usable draws."""
+    return ((ids.unsqueeze(2) == rows.view(1, 1, -1)) & ~mask.unsqueeze(2)).any(1)

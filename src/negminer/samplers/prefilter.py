@@ -32,30 +32,26 @@ class IVFPrefilter:
         self.offsets: torch.Tensor | None = None     # [L + 1] list boundaries in ``order``
         self.built_step = -1
 
-    def build(self, emb: torch.Tensor, step: int) -> None:
-        """k-means (seeded, on at most 64 points per list) over ``emb`` [M, d]; assign every row."""
-        m = len(emb)
+    def build(self, emb_fn, m: int, step: int) -> None:
+        """k-means (seeded, on at most 64 points per list) over the ``m`` cached embeddings, read in
+        chunks with ``emb_fn(positions)`` (float32 [len, d]); assign every row."""
         nlist = min(m, self.nlist or max(1, round(math.sqrt(m))))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        train = emb[torch.randperm(m, generator=g)[: 64 * nlist]]
+        train = emb_fn(torch.randperm(m, generator=g)[: 64 * nlist].sort().values)
         c = train[torch.randperm(len(train), generator=g)[:nlist]].clone()
         for _ in range(self.iters):
             a = (train @ c.T).argmax(1)  # inner-product assignment, as the search uses
             sums = torch.zeros_like(c).index_add_(0, a, train)
             counts = torch.bincount(a, minlength=nlist).unsqueeze(1)
             c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
-        assign = self._assign(emb, c)
+        assign = torch.cat([(emb_fn(torch.arange(s, min(m, s + 65536))) @ c.T).argmax(1) for s in range(0, m, 65536)])
         self.centroids, self.order = c, assign.argsort(stable=True)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(assign, minlength=nlist).cumsum(0)])
         self.built_step = step
 
-    @staticmethod
-    def _assign(emb, c, chunk: int = 65536):
-        return torch.cat([(emb[i:i + chunk] @ c.T).argmax(1) for i in range(0, len(emb), chunk)])
-
-    def maybe_rebuild(self, emb_fn, step: int) -> None:
+    def maybe_rebuild(self, emb_fn, m: int, step: int) -> None:
         if self.centroids is None or step - self.built_step >= self.rebuild_every:
-            self.build(emb_fn(), step)
+            self.build(emb_fn, m, step)
 
     def search(self, q: torch.Tensor, emb_fn) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query the ``top`` best cache positions among the probed lists and their scores

@@ -1,8 +1,9 @@
 """Uniform negatives with the log-Q correction of sampled softmax.
 
 Bengio & Senecal, "Adaptive Importance Sampling to Accelerate Training of a Neural Probabilistic
-Language Model", IEEE TNN 2008; Jean et al., ACL 2015.  Q(j) = 1/N, so each negative logit gets
-s_j/tau - log(k/N); positives and duplicates drawn by chance are masked.
+Language Model", IEEE TNN 2008; Jean et al., ACL 2015.  k draws with replacement, Q(j) = 1/N, so
+each draw's expected count is pi_j = k/N and its logit gets s_j/tau - log(k/N); positives and
+duplicates drawn by chance are masked.
 
 Example::  negminer train --negatives uniform --num-negatives 16
 """
@@ -13,21 +14,19 @@ import math
 
 import torch
 
-from negminer.samplers.base import Batch, Draw, Sampler, excluded
+from negminer.samplers.base import Batch, Draw, Sampler
 
 
 class UniformSampler(Sampler):
     name = "uniform"
+    write_back = False
 
     def sample(self, q, batch: Batch, store) -> Draw:
-        b = len(q)
-        ids = torch.randint(store.n, (b, self.k), generator=batch.generator)
-        mask = torch.zeros(b, self.k, dtype=torch.bool)
-        for i, ex in enumerate(batch.exclude):
-            for j in range(self.k):
-                mask[i, j] = int(ids[i, j]) in ex
-        return Draw(ids, torch.full((b, self.k), -math.log(store.n)), mask)
+        b, n = len(q), store.n
+        ids = torch.randint(n, (b, self.k), generator=batch.generator)
+        lp = math.log(self.k / n)
+        return Draw(ids, batch.excl.contains(ids), torch.full((b, self.k), lp), torch.full((b, b), lp))
 
     def proposal(self, q, batch, store):
         logq = torch.full((len(q), store.n), -math.log(store.n))
-        return logq.masked_fill(excluded(None, batch, store.n), -math.inf)
+        return logq.masked_fill(batch.excl.dense(None), -math.inf)

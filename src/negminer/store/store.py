@@ -1,51 +1,81 @@
-"""TargetStore: for every target its id, its input (the text, and its token ids, tokenised once by
-the target tower and kept as one flat int32 array plus offsets), a cached embedding (fp32, fp16 or
-bf16; in memory or memory-mapped from disk, so N x d beyond RAM works) and the step at which it was
+"""TargetStore: for every target its id, its input (text, and its token ids, tokenised once by the
+target tower: one flat int32 array plus offsets), a cached embedding and the step at which it was
 last encoded (-1: never).
 
-Re-encoding rows (``encode``) runs the target tower without gradient on the kept token ids, writes
-the embeddings back, sets their age and counts ``target_encodes``; ``embed`` does the same without
-writing or counting (diagnostics); ``features`` batches rows for a with-gradient forward; ``write``
-stores embeddings computed elsewhere (the trainer's fresh encodings of drawn targets) at no cost.
+Embeddings are fp32, fp16 or bf16; in memory on the CPU or an accelerator, or memory-mapped from
+a ``.npy`` file (N x d beyond RAM). Scoring (``score_chunks``) reads the store in chunks, in its own
+dtype where the hardware multiplies it natively (CPU: bf16 and fp32; fp16 chunks are widened to
+fp32), into reused buffers, on the scoring device; a CPU or memory-mapped store feeding a GPU goes
+through pinned staging buffers. Whoever indexes the store (the oldest-first refresh queue, an IVF
+prefilter) subscribes to ``on_write`` and learns which rows changed.
+
+Re-encoding rows (``encode``) runs the target tower without gradient, in eval mode (the store holds
+eval-mode embeddings), under the trainer's autocast, writes rows and ages and counts
+``target_encodes``; ``embed`` does the same without writing or counting; ``write`` stores
+embeddings computed elsewhere at no cost.
 
 Example::
 
-    store = TargetStore(dataset.target_ids, dataset.target_inputs(), dim=384, dtype="fp16")
-    store.encode(range(store.n), model, step=0)          # fill
-    emb = store.embeddings()                            # float32 view for scoring
+    store = TargetStore(dataset.target_ids, dataset.target_inputs(), dim=384, dtype="bf16")
+    store.encode(range(store.n), model, step=0)              # fill
+    for start, scores in store.score_chunks(q):              # [B, c] per chunk, never [B, N]
+        ...
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_NP = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}  # bf16 is kept as its 16 raw bits
+CPU_CHUNK, GPU_CHUNK = 16384, 1 << 20
 
 
 class TargetStore:
     def __init__(self, ids: Sequence[str], inputs: Sequence[str], dim: int, dtype: str = "fp32",
-                 path: str | Path | None = None):
+                 path: str | Path | None = None, device: str | torch.device = "cpu", reopen: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"store dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.ids, self.inputs, self.dim, self.dtype = ids, inputs, dim, dtype
         self.n = len(ids)
         self.path = Path(path) if path is not None else None
+        self.device = torch.device("cpu") if self.path is not None else torch.device(device)
         if self.path is None:
-            self.emb = torch.zeros(self.n, dim, dtype=DTYPES[dtype])
-        else:  # memory-mapped: bf16 is kept as its 16 raw bits
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            np_dtype = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[dtype]
-            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=(self.n, dim))
-            t = torch.from_numpy(mm)
-            self.emb = t.view(torch.bfloat16) if dtype == "bf16" else t
-            self._mm = mm
-        self.age = torch.full((self.n,), -1, dtype=torch.long)
+            self.emb = torch.zeros(self.n, dim, dtype=DTYPES[dtype], device=self.device)
+        else:
+            self.emb = self._open_map(reopen)
+        self.age = torch.full((self.n,), -1, dtype=torch.int32)
         self.target_encodes = 0
-        self._tokens = None  # (key, flat ids, offsets), built on first use for a given target tower
+        self.listeners: list = []     # callables (rows [m] long CPU tensor, step) after every write
+        self.feed_device = None       # set to a GPU when a CPU store is scored there (pinned staging)
+        self._tokens = None           # (key, flat ids, offsets), built on first use for a target tower
+        self._buf: dict = {}
+
+    def _open_map(self, reopen: bool) -> torch.Tensor:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mm = None
+        if reopen and self.path.exists():
+            try:
+                mm = np.load(self.path, mmap_mode="r+")
+            except (ValueError, OSError):
+                mm = None
+            if mm is not None and (mm.shape != (self.n, self.dim) or mm.dtype != _NP[self.dtype]):
+                raise ValueError(f"{self.path}: holds {mm.shape} {mm.dtype}, not the store's "
+                                 f"({self.n}, {self.dim}) {self.dtype}")
+        if mm is None:
+            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=_NP[self.dtype], shape=(self.n, self.dim))
+        self._mm = mm
+        t = torch.from_numpy(mm)
+        return t.view(torch.bfloat16) if self.dtype == "bf16" else t
+
+    @property
+    def nbytes(self) -> int:
+        return self.n * self.dim * DTYPES[self.dtype].itemsize
 
     # ---- token ids ------------------------------------------------------------------------
     def token_ids(self, rows, model) -> list[list[int]]:
@@ -53,8 +83,8 @@ class TargetStore:
         key = (id(model.target_tower), model.target_max_length)
         if self._tokens is None or self._tokens[0] != key:
             flat, lens = [], []
-            for s in range(0, self.n, 65536):
-                ids = model.target_token_ids([self.inputs[i] for i in range(s, min(self.n, s + 65536))])
+            for s in range(0, self.n, 4096):  # small calls: the tokenizer's Python lists are transient
+                ids = model.target_token_ids([self.inputs[i] for i in range(s, min(self.n, s + 4096))])
                 lens.extend(map(len, ids))
                 flat.append(np.fromiter((t for x in ids for t in x), dtype=np.int32))
             offsets = np.zeros(self.n + 1, dtype=np.int64)
@@ -68,11 +98,76 @@ class TargetStore:
         """Batched tower inputs of ``rows`` (same as ``model.tokenize_targets`` on their texts)."""
         return model.collate_targets(self.token_ids(rows, model))
 
+    # ---- scoring --------------------------------------------------------------------------
+    @property
+    def scoring_device(self) -> torch.device:
+        return torch.device(self.feed_device) if self.feed_device is not None else self.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype scores are computed in: the store's own, except fp16 on a CPU (no native fp16 matmul)."""
+        d = DTYPES[self.dtype]
+        return torch.float32 if (d == torch.float16 and self.scoring_device.type == "cpu") else d
+
+    def _buffer(self, name, shape, dtype, device, pin=False) -> torch.Tensor:
+        n = int(np.prod(shape))
+        buf = self._buf.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = torch.empty(n, dtype=dtype, device=device)
+            if pin and device.type == "cpu" and torch.cuda.is_available():
+                buf = buf.pin_memory()
+            self._buf[name] = buf
+        return buf[:n].view(shape)
+
+    def _rows_to_device(self, lo: int, hi: int, rows: torch.Tensor | None, slot: int) -> torch.Tensor:
+        """Embeddings of candidates lo..hi-1 (rows[lo:hi], or store rows lo..hi-1) on the scoring device."""
+        dev = self.scoring_device
+        if rows is None:
+            src = self.emb[lo:hi]
+        else:
+            r = rows[lo:hi]
+            src = torch.index_select(self.emb, 0, r.to(self.emb.device),
+                                     out=self._buffer(f"gather{slot}", (hi - lo, self.dim), self.emb.dtype, self.emb.device))
+        if src.device != dev:  # CPU / memory-mapped store feeding a GPU: via pinned memory
+            host = self._buffer(f"pin{slot}", (hi - lo, self.dim), src.dtype, torch.device("cpu"), pin=True)
+            host.copy_(src)
+            src = host.to(dev, non_blocking=True)
+        if src.dtype != self.compute_dtype:
+            src = src.to(self.compute_dtype)
+        return src
+
+    def score_chunks(self, q: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None):
+        """Yield (start, scores [B, c]) with scores = q . e over the candidates (``rows`` [M] of the store,
+        default all rows), in the compute dtype on the scoring device. ``scores`` is a reused
+        buffer: use it before the next chunk; it may be overwritten (masking)."""
+        dev = self.scoring_device
+        chunk = chunk or (GPU_CHUNK if dev.type == "cuda" else CPU_CHUNK)
+        m = self.n if rows is None else len(rows)
+        qc = q.detach().to(dev, self.compute_dtype)
+        for i, s in enumerate(range(0, m, chunk)):
+            e = min(m, s + chunk)
+            emb = self._rows_to_device(s, e, rows, i % 2)
+            out = self._buffer(f"scores{i % 2}", (len(qc), e - s), self.compute_dtype, dev)
+            torch.matmul(qc, emb.T, out=out)
+            yield s, out
+
+    def scores(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 scores computed as ``score_chunks`` computes them, for a few rows: [m] shared by all
+        queries -> [B, m]; [B, m] per query -> [B, m]."""
+        dev = self.scoring_device
+        qc = q.detach().to(dev, self.compute_dtype)
+        flat = rows.reshape(-1).to(self.emb.device)
+        e = self.emb[flat].to(dev, self.compute_dtype)
+        if rows.dim() == 1:
+            return (qc @ e.T).float()
+        e = e.view(*rows.shape, self.dim)
+        return torch.bmm(e, qc.unsqueeze(2)).squeeze(2).float()
+
     # ---- reading --------------------------------------------------------------------------
     def embeddings(self, rows=None) -> torch.Tensor:
-        """float32 copy of the cached embeddings of ``rows`` (all if None)."""
-        e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long)]
-        return e.float()
+        """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only)."""
+        e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long).to(self.emb.device)]
+        return e.float().cpu()
 
     def staleness(self, rows, fresh: torch.Tensor) -> float:
         """Mean over rows of ||cached - fresh||^2 / ||fresh||^2 (before writing fresh back)."""
@@ -80,47 +175,81 @@ class TargetStore:
         fresh = fresh.detach().float().cpu()
         return float(((stale - fresh).pow(2).sum(1) / fresh.pow(2).sum(1).clamp(min=1e-12)).mean())
 
-    def oldest(self, count: int, among=None) -> torch.Tensor:
-        """Rows with the smallest age (never-encoded first), ties by row: deterministic."""
-        rows = torch.arange(self.n) if among is None else torch.as_tensor(among, dtype=torch.long)
-        key = self.age[rows] * (self.n + 1) + rows  # age first, then row
-        return rows[key.argsort()[:count]]
-
     # ---- writing --------------------------------------------------------------------------
     def write(self, rows, emb: torch.Tensor, step: int) -> None:
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        self.emb[rows] = emb.detach().to("cpu", DTYPES[self.dtype])
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        if not len(rows):
+            return
+        self.emb[rows.to(self.emb.device)] = emb.detach().to(self.emb.device, DTYPES[self.dtype])
         self.age[rows] = step
+        for fn in self.listeners:
+            fn(rows, step)
 
     @torch.no_grad()
-    def encode(self, rows, model, step: int, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Re-encode ``rows`` with the current target tower (no gradient); returns float32 embeddings."""
-        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long)
-        if len(rows) == 0:
-            return torch.zeros(0, self.dim)
-        out = self.embed(rows, model, batch_size, progress)
-        self.write(rows, out, step)
-        self.target_encodes += len(rows)
-        return out
+    def encode(self, rows, model, step: int, batch_size: int = 256, progress: bool = False, autocast=None,
+               chunk: int = 16384) -> torch.Tensor | None:
+        """Re-encode ``rows`` with the current target tower (no gradient, eval mode), ``chunk`` rows at
+        a time (a full refresh never holds N x d floats); returns the float32 embeddings of at most
+        one chunk of rows (None for more)."""
+        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long).cpu()
+        out = torch.zeros(0, self.dim)
+        for s in range(0, len(rows), chunk):
+            out = self.embed(rows[s:s + chunk], model, batch_size, progress, autocast)
+            self.write(rows[s:s + chunk], out, step)
+            self.target_encodes += len(out)
+        return out if len(rows) <= chunk else None
 
     @torch.no_grad()
-    def embed(self, rows, model, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Fresh float32 embeddings of ``rows`` with the current tower; the store is not changed."""
-        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long)
+    def embed(self, rows, model, batch_size: int = 256, progress: bool = False, autocast=None) -> torch.Tensor:
+        """Fresh float32 CPU embeddings of ``rows`` with the current tower; the store is not changed."""
+        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long).cpu()
         out = torch.empty(len(rows), self.dim)
-        for s in range(0, len(rows), 65536):
-            r = rows[s:s + 65536]
-            out[s:s + 65536] = model.encode_target_ids(self.token_ids(r, model), batch_size=batch_size,
-                                                       progress=progress)
+        with autocast or nullcontext():
+            for s in range(0, len(rows), 65536):
+                r = rows[s:s + 65536]
+                out[s:s + 65536] = model.encode_target_ids(self.token_ids(r, model), batch_size=batch_size,
+                                                           progress=progress)
         return out
 
     # ---- checkpoint -----------------------------------------------------------------------
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        e = self.emb.view(torch.int16) if self.dtype == "bf16" else self.emb
-        return {"store.emb": e.contiguous().clone(), "store.age": self.age.clone()}
+    def save(self, folder: Path) -> None:
+        """Embeddings to ``folder/store.npy`` (chunk by chunk, or a kernel copy of the memory map:
+        never a second copy of the store in RAM) and ages to ``folder/store_age.npy``."""
+        from negminer.fileio import copy_file
 
-    def load_state_tensors(self, t: dict[str, torch.Tensor], target_encodes: int) -> None:
-        e = t["store.emb"]
-        self.emb[:] = e.view(torch.bfloat16) if self.dtype == "bf16" else e
-        self.age[:] = t["store.age"]
+        folder = Path(folder)
+        if self.path is not None:
+            self._mm.flush()
+            copy_file(self.path, folder / "store.npy")
+        else:
+            with open(folder / "store.npy", "wb") as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(_NP[self.dtype])),
+                                                         "fortran_order": False, "shape": (self.n, self.dim)})
+                raw = self.emb.view(torch.int16) if self.dtype == "bf16" else self.emb
+                for s in range(0, self.n, 1 << 18):
+                    f.write(raw[s:s + (1 << 18)].cpu().numpy().tobytes())
+        np.save(folder / "store_age.npy", self.age.numpy())
+
+    def load(self, folder: Path, target_encodes: int) -> None:
+        """Restore what ``save`` wrote (memory-mapped stores: a kernel copy onto ``path``, reopened)."""
+        from negminer.fileio import copy_file
+
+        folder = Path(folder)
+        src = np.load(folder / "store.npy", mmap_mode="r")
+        if src.shape != (self.n, self.dim) or src.dtype != _NP[self.dtype]:
+            raise ValueError(f"{folder / 'store.npy'}: {src.shape} {src.dtype} does not match the store "
+                             f"({self.n}, {self.dim}) {self.dtype}")
+        if self.path is not None:
+            del src
+            self._mm = None
+            self.emb = None
+            copy_file(folder / "store.npy", self.path)
+            self.emb = self._open_map(reopen=True)
+        else:
+            for s in range(0, self.n, 1 << 18):
+                part = torch.from_numpy(np.array(src[s:s + (1 << 18)]))
+                self.emb[s:s + len(part)] = (part.view(torch.bfloat16) if self.dtype == "bf16" else part).to(self.device)
+        self.age[:] = torch.from_numpy(np.load(folder / "store_age.npy")).to(torch.int32)
         self.target_encodes = target_encodes
+        for fn in self.listeners:
+            fn(None, None)  # everything changed

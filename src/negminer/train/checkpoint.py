@@ -2,16 +2,17 @@
 
 Layout of ``RUN_DIR/checkpoint/``: ``model.safetensors`` (shared weights stored once),
 ``optimizer.safetensors`` + ``trainer.json`` (step, data position, scheduler, counters, optimizer
-hyper-parameters, every RNG state). A checkpoint is written to a temporary folder and renamed
-into place, so a kill at any moment leaves either the old or the new checkpoint, whole.
+hyper-parameters, every RNG state, sampler metadata), ``sampler.safetensors`` (sampler tensors:
+cache rows, queue order, prefilter index), ``store.npy`` + ``store_age.npy`` (the target store,
+written chunk by chunk or copied in the kernel, never cloned in RAM). A checkpoint is written to a
+temporary folder, fsync'ed and renamed into place (``fileio.atomic_dir``), so a kill at any
+moment leaves either the old or the new checkpoint, whole.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -64,28 +65,22 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, extra: dict | None = None) -> Path:
-    run_dir = Path(run_dir)
-    final = run_dir / "checkpoint"
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint-"))
-    try:
+def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, extra: dict | None = None,
+                    store=None, sampler_meta: dict | None = None) -> Path:
+    from negminer.fileio import atomic_dir
+
+    final = Path(run_dir) / "checkpoint"
+    with atomic_dir(final, keep_old="checkpoint.old") as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         opt_t, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
         rng_t, rng_meta = rng_state()
         save_file(rng_t, str(tmp / "rng.safetensors"))
-        save_file(extra or {}, str(tmp / "sampler.safetensors"))  # store rows, ages, cache / queue state
-        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta)
+        save_file(extra or {}, str(tmp / "sampler.safetensors"))
+        if store is not None:
+            store.save(tmp)
+        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta, sampler=sampler_meta or {})
         (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
-        old = run_dir / "checkpoint.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -22,13 +22,14 @@ import torch
 
 from negminer.batching import RandomBatcher
 from negminer.config import TrainConfig, save_config
-from negminer.errors import ConfigError
-from negminer.losses import build_loss
-from negminer.samplers import Batch, Draw, build_sampler, inbatch_mask
+from negminer.errors import ConfigError, TrainingDiverged
+from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
+from negminer.hooks import default_hooks
+from negminer.losses import build_loss, loss_inputs
+from negminer.samplers import Batch, Draw, Exclusions, build_sampler
 from negminer.store import TargetStore
-from negminer.train.duplicates import duplicate_groups
 from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from negminer.train.io import atomic_write_json, atomic_write_text, read_jsonl
+from negminer.train.duplicates import duplicate_groups
 
 from negminer.eval.metrics import METRIC_KEYS  # noqa: E402
 
@@ -44,6 +45,7 @@ class Counters:
 
     query_encodes: int = 0
     target_encodes: int = 0
+    skipped_steps: int = 0
 
 
 def pick_device(name: str) -> torch.device:
@@ -52,6 +54,17 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def has_dropout(module: torch.nn.Module) -> bool:
+    """True if the module has an active dropout (its training forward is not deterministic)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            return True
+        cfg = getattr(m, "config", None)
+        if cfg is not None and any(getattr(cfg, a, 0) or 0 for a in ("attention_probs_dropout_prob", "attention_dropout")):
+            return True
+    return False
 
 
 def linear_schedule(warmup_steps: int, total_steps: int):
@@ -64,9 +77,9 @@ def linear_schedule(warmup_steps: int, total_steps: int):
 
 
 class Trainer:
-    """Composes data, towers, sampler, loss and optimiser for one run directory."""
+    """Composes data, towers, sampler, loss, store, optimiser and hooks for one run directory."""
 
-    def __init__(self, cfg: TrainConfig, dataset=None, model=None):
+    def __init__(self, cfg: TrainConfig, dataset=None, model=None, hooks=None):
         from negminer.data.load import load_dataset
         from negminer.encoders import build_encoder
 
@@ -87,15 +100,21 @@ class Trainer:
         self.pos_lists = [sorted(pos[q]) for q in self.qids]
         self.query_texts = [self.dataset.query_texts[self.dataset.query_index[q]] for q in self.qids]
         self.target_inputs = self.dataset.target_inputs()
-        self.batcher = RandomBatcher(len(self.qids), cfg.batch_size, cfg.seed)
+        if cfg.batch_size > len(self.qids):
+            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(self.qids)} training queries "
+                              f"of {self.dataset.name}/{cfg.train_split}")
+        self.batcher = RandomBatcher(len(self.qids), cfg.batch_size, cfg.seed, self.pos_lists, self.dataset.num_targets)
         self.total_steps = cfg.total_steps(self.batcher.batches_per_epoch)
-        self.sampler = build_sampler(cfg)
         self.loss_fn = build_loss(cfg.loss)
+        self.sampler = build_sampler(cfg, replacement=self.loss_fn.replacement)
+        self.sampler.want_log_z = "log_z" in self.loss_fn.needs
         self.dups = duplicate_groups(self.target_inputs) if cfg.dedupe_text else {}
+        self.hooks = default_hooks(cfg) if hooks is None else list(hooks)
         self.store = None
         if self.sampler.k or cfg.diagnose_every:
-            self.store = TargetStore(self.dataset.target_ids, self.target_inputs, self.model.dim,
-                                     dtype=cfg.store_dtype, path=cfg.store_path or None)
+            self.store = self._make_store(resume=False)
+        self._check_pool()
+        self.tower_dropout = has_dropout(self.model.target_tower)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
@@ -105,6 +124,53 @@ class Trainer:
         self.counters = Counters()
         self.step = 0
         self.seconds = 0.0
+        self.last_checkpoint_step = None
+
+    # ---- the store ------------------------------------------------------------------------
+    def _make_store(self, resume: bool) -> TargetStore:
+        cfg, n, d = self.cfg, self.dataset.num_targets, self.model.dim
+        nbytes = n * d * {"fp32": 4, "fp16": 2, "bf16": 2}[cfg.store_dtype]
+        path = cfg.store_path or None
+        if path is None and cfg.store_max_ram_mb and nbytes > cfg.store_max_ram_mb * 2**20:
+            path = str(self.run_dir / "store.npy")
+        device = torch.device("cpu")
+        if path is None:
+            if cfg.store_device.startswith("cuda"):
+                if not torch.cuda.is_available():
+                    raise ConfigError("--store-device cuda asked for, but torch sees no CUDA device")
+                device = torch.device(cfg.store_device)
+            elif cfg.store_device == "auto" and self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                device = self.device if nbytes < 0.5 * free else torch.device("cpu")
+        store = TargetStore(self.dataset.target_ids, self.target_inputs, d, dtype=cfg.store_dtype, path=path,
+                            device=device, reopen=resume)
+        if store.device.type == "cpu" and self.device.type == "cuda":
+            store.feed_device = self.device  # score on the GPU, chunks staged through pinned memory
+        return store
+
+    def _check_pool(self) -> None:
+        k, s = self.sampler.k, self.sampler
+        if not k:
+            return
+        pool = s.pool_size(self.store)
+        most_excluded = max(len(self.exclude(i)) for i in range(len(self.qids)))
+        if not s.replacement and k > pool - 1:
+            raise ConfigError(f"--num-negatives {k} but --negatives {s.name} draws from {pool} targets; "
+                              f"use at most {pool - 1} (or --replacement)")
+        if pool - most_excluded < 1:
+            raise ConfigError(f"--negatives {s.name} draws from {pool} targets, but a training query excludes "
+                              f"{most_excluded} (its positives and duplicates): no negative is left")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
+
+    def encode_rows(self, rows, step: int) -> torch.Tensor:
+        """Re-encode store rows without gradient (eval mode, the training autocast); counted."""
+        return self.store.encode(rows, self.model, step, batch_size=self.cfg.eval_batch_size, autocast=self.autocast())
+
+    def setup_sampler(self) -> None:
+        if self.store is not None:
+            self.sampler.setup(self.store, self.model, self.step, encode=self.encode_rows)
 
     # ---- one step -------------------------------------------------------------------------
     def _batch(self, step: int):
@@ -121,20 +187,13 @@ class Trainer:
         return ex
 
     def make_batch(self, step: int, idx, pos_rows, pos_emb) -> Batch:
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step + 500_009)
-        return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long), [self.exclude(i) for i in idx],
-                     pos_emb.detach().float().cpu(), g, float(self.model.logit_scale().detach()))
-
-    def compute_loss(self, q, p, batch: Batch, draw: Draw, neg):
-        scale = self.model.logit_scale()
-        if self.cfg.loss == "cache-surrogate":
-            if neg is None:  # nothing cached yet (a stream's first step): no gradient signal
-                return (q.sum() + p.sum()) * 0.0
-            return self.loss_fn(q, p, scale, neg=neg, neg_mask=draw.mask.to(q.device), log_z=draw.log_z.to(q.device))
-        pool_mask = inbatch_mask(batch.pos_rows.tolist(), batch.exclude).to(q.device) if self.cfg.inbatch else None
-        return self.loss_fn(q, p, scale, pool=p if self.cfg.inbatch else None, pool_mask=pool_mask, neg=neg,
-                            neg_mask=draw.mask.to(q.device) if neg is not None else None,
-                            log_q=draw.log_q.to(q.device) if (neg is not None and draw.log_q is not None) else None)
+        seed = self.cfg.seed * 1_000_003 + step + 500_009
+        g = torch.Generator().manual_seed(seed)
+        dev = self.store.scoring_device if self.store is not None else torch.device("cpu")
+        dg = torch.Generator(device=dev).manual_seed(seed) if dev.type != "cpu" else None
+        return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long),
+                     Exclusions([self.exclude(i) for i in idx], self.dataset.num_targets),
+                     pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg)
 
     def target_features(self, rows):
         """Tower inputs of target rows: from the store's token table when there is a store."""
@@ -142,55 +201,106 @@ class Trainer:
             return self.store.features(rows, self.model)
         return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
 
-    def encode_drawn(self, ids: torch.Tensor):
-        """Fresh, with-gradient embeddings [B, k, d] of the drawn rows (each distinct row encoded once)."""
-        uniq, inv = ids.unique(return_inverse=True)
+    def encode_drawn(self, draw: Draw):
+        """Fresh, with-gradient embeddings [B, k, d] of the drawn rows (each distinct usable row
+        encoded once; masked slots get zeros), and the distinct rows."""
+        ok = ~draw.mask
+        uniq, inv = draw.ids[ok].unique(return_inverse=True)
         feats = self.target_features(uniq)
         self.counters.target_encodes += len(uniq)
-        return self.model.embed_targets(feats)[inv.to(self.device)]
+        emb = self.model.embed_targets(feats)
+        out = emb.new_zeros(*draw.ids.shape, emb.shape[-1])
+        out[ok.to(out.device)] = emb[inv.to(emb.device)]
+        return out, uniq, emb
+
+    def _diverged(self, what: str, value, step: int) -> float:
+        if self.cfg.on_nan == "stop":
+            last = self.last_checkpoint_step
+            raise TrainingDiverged(f"{what} is {float(value)} at step {step}; nothing of this step was applied "
+                                   + (f"and the checkpoint of step {last} is intact" if last is not None
+                                      else "(no checkpoint yet)")
+                                   + "; lower --lr, drop --bf16, or pass --on-nan skip")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()  # the schedule stays a function of the step
+        self.counters.skipped_steps += 1
+        return float("nan")
 
     def train_step(self, step: int) -> float:
-        """One optimiser step; returns the loss."""
+        """One optimiser step; returns the loss (nan for a skipped step)."""
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
         idx, pos_rows = self._batch(step)
-        m, dev = self.model, self.device
+        m = self.model
         qf = m.tokenize_queries([self.query_texts[i] for i in idx])
         tf = self.target_features(pos_rows)
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
-        with amp:
+        with self.autocast():
             q = m.embed_queries(qf)
             p = m.embed_targets(tf)
         self.counters.query_encodes += len(idx)
         self.counters.target_encodes += len(pos_rows)
         batch = self.make_batch(step, idx, pos_rows, p)
-        draw = self.sampler.sample(q.detach().float().cpu(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
-        neg = None
-        if draw.ids.numel():
-            with amp:
-                neg = self.encode_drawn(draw.ids)
-        loss = self.compute_loss(q, p, batch, draw, neg)
+        draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
+        neg, uniq, fresh = None, None, None
+        if draw.ids.numel() and bool((~draw.mask).any()):
+            with self.autocast():
+                neg, uniq, fresh = self.encode_drawn(draw)
+        kw = loss_inputs(self.loss_fn, q, p, m.logit_scale(), batch, draw, neg, self.cfg.inbatch,
+                         self.batcher.log_batch_count)
+        loss = self.loss_fn(**kw)
+        if not torch.isfinite(loss):
+            return self._diverged("the loss", loss.detach(), step)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), self.cfg.max_grad_norm)
+        params = [x for x in m.parameters() if x.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
+        if not torch.isfinite(norm):
+            return self._diverged("the gradient norm", norm, step)
         self.optimizer.step()
         self.scheduler.step()
         if self.store is not None:
-            self.sampler.update(batch, draw, None if neg is None else neg.detach().float().cpu(), m, self.store, step + 1)
+            self.write_back(batch, draw, p, uniq, fresh, step)
+            self.sampler.update(batch, draw, m, self.store, step + 1, encode=self.encode_rows)
         return float(loss.detach())
+
+    def write_back(self, batch, draw, p, uniq, fresh, step: int) -> None:
+        """Put the drawn targets and the positives back into the store (see the module docstring)."""
+        mode = self.cfg.write_back
+        if mode == "none" or not getattr(self.sampler, "write_back", False):
+            return
+        rows = batch.pos_rows if uniq is None else torch.cat([uniq, batch.pos_rows])
+        emb = p.detach() if uniq is None else torch.cat([fresh.detach(), p.detach()])
+        rows, first = _first_occurrence(rows)
+        emb = emb[first.to(emb.device)].float()
+        stats = {}
+        if uniq is not None:
+            drawn = uniq
+            stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
+        if mode == "eval" and self.tower_dropout:
+            if uniq is not None:
+                before = self.store.embeddings(drawn)
+                new = self.encode_rows(rows, step + 1)[: len(drawn)]
+                stats["staleness"] = _staleness(before, new)
+            else:
+                self.encode_rows(rows, step + 1)
+        else:
+            if not bool(torch.isfinite(emb).all()):
+                raise TrainingDiverged(f"a fresh target embedding is not finite at step {step}; the store was not changed")
+            if uniq is not None and not (mode == "train" and self.tower_dropout):
+                stats["staleness"] = _staleness(self.store.embeddings(drawn), emb[: len(drawn)])
+            self.store.write(rows, emb, step)
+        self.sampler.last_stats = stats
 
     def work(self) -> dict:
         """Counters for logs: target_encodes includes the store's refresh encodes."""
         refresh = self.store.target_encodes if self.store is not None else 0
         return {"query_encodes": self.counters.query_encodes, "target_encodes": self.counters.target_encodes + refresh,
-                "refresh_encodes": refresh}
+                "refresh_encodes": refresh, "skipped_steps": self.counters.skipped_steps}
 
     # ---- evaluation -----------------------------------------------------------------------
-    def evaluate(self) -> dict:
+    def evaluate(self, out_dir=None) -> dict:
         from negminer.eval.evaluate import evaluate
 
-        return evaluate(self.model, self.dataset, split=self.cfg.eval_split,
-                        batch_size=self.cfg.eval_batch_size, progress=not self.cfg.quiet)
+        return evaluate(self.model, self.dataset, split=self.cfg.eval_split, batch_size=self.cfg.eval_batch_size,
+                        progress=not self.cfg.quiet, out_dir=out_dir)
 
     # ---- run directory --------------------------------------------------------------------
     def _state(self) -> dict:
@@ -200,14 +310,11 @@ class Trainer:
                 "counters": vars(self.counters).copy(), "seed": self.cfg.seed,
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
-    def extra_tensors(self) -> dict:
-        t = dict(self.sampler.state()[0])
-        if self.store is not None:
-            t.update(self.store.state_tensors())
-        return t
-
     def save(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), self.extra_tensors())
+        tensors, meta = self.sampler.state()
+        save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
+                        sampler_meta=meta)
+        self.last_checkpoint_step = self.step
 
     def resume(self) -> bool:
         ckpt = find_checkpoint(self.run_dir)
@@ -215,9 +322,12 @@ class Trainer:
             return False
         st, extra = load_checkpoint(ckpt, self.model, self.optimizer)
         self.step, self.seconds = st["step"], st["seconds"]
+        self.last_checkpoint_step = self.step
         if self.store is not None:
-            self.store.load_state_tensors(extra, st.get("store_encodes", 0))
-        self.sampler.load_state(extra, {})
+            if self.store.path is not None:  # reopen the memory map instead of overwriting it
+                self.store = self._make_store(resume=True)
+            self.store.load(ckpt, st.get("store_encodes", 0))
+        self.sampler.load_state(extra, st.get("sampler", {}))
         self.counters = Counters(**st["counters"])
         self.scheduler.last_epoch = st["scheduler_last_epoch"]
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
@@ -234,6 +344,9 @@ class Trainer:
     def run(self, resume: bool = False) -> dict:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in remove_stale_temps(self.run_dir):  # a save killed half-way
+            if not cfg.quiet:
+                print(f"removed {leftover.name}, left by an interrupted save", file=sys.stderr)
         resumed = self.resume() if resume else False
         if resume and not resumed and not cfg.quiet:
             print(f"no checkpoint in {self.run_dir}: starting from scratch", file=sys.stderr)
@@ -252,42 +365,36 @@ class Trainer:
                 atomic_write_json(zs_path, zero_shot)
                 if not cfg.quiet:
                     print("zero-shot: " + _fmt(zero_shot), file=sys.stderr)
-        if self.store is not None:
-            self.sampler.setup(self.store, self.model, self.step)
+        self.setup_sampler()
         self.model.train()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=cfg.quiet, desc="train", unit="step",
                    dynamic_ncols=True)
         t0 = time.perf_counter() - self.seconds
-        last_eval = None
         pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
         while self.step < self.total_steps:
             loss = self.train_step(self.step)
             if pause:
                 time.sleep(pause)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {self.step}; lower --lr or use fp32")
             self.step += 1
             self.seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             row = None
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                row = {"step": self.step, "loss": round(loss, 6), "lr": self.scheduler.get_last_lr()[0],
-                       "seconds": round(self.seconds, 3), **self.work(), "peak_rss_mb": peak_rss_mb(),
-                       **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
-            if cfg.diagnose_every and self.step % cfg.diagnose_every == 0:
-                from negminer.diagnostics import diagnose_trainer
-
-                row = dict(row or {"step": self.step}, diagnostics=diagnose_trainer(self, self.step))
-                self.model.train()
-                t0 = time.perf_counter() - self.seconds
+                row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
+                       "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
+                       "peak_rss_mb": peak_rss_mb(), **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
+            for hook in self.hooks:
+                extra = hook.on_step(self, self.step)
+                if extra:
+                    row = dict(row or {"step": self.step}, **extra)
+                    self.model.train()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
-                last_eval = self.evaluate()
+                row = dict(row or {"step": self.step}, eval=self.evaluate())
                 self.model.train()
-                row = dict(row or {"step": self.step}, eval=last_eval)
-                t0 = time.perf_counter() - self.seconds  # evaluation time is not training time
+            t0 = time.perf_counter() - self.seconds  # hook and evaluation time is not training time
             if row:
                 self._log(row)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
@@ -295,7 +402,7 @@ class Trainer:
         bar.close()
         self.save()
         self.model.save(self.run_dir / "model")
-        final = self.evaluate()
+        final = self.evaluate(out_dir=self.run_dir)
         metrics = {k: final[k] for k in METRIC_KEYS}
         if zero_shot is not None:
             metrics["zero_shot"] = {k: zero_shot[k] for k in METRIC_KEYS}
@@ -304,6 +411,21 @@ class Trainer:
                             "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
+
+
+def _first_occurrence(rows: torch.Tensor):
+    """Distinct rows and the index of each one's first occurrence."""
+    uniq, inv = rows.unique(return_inverse=True)
+    first = torch.full((len(uniq),), len(rows), dtype=torch.long).scatter_reduce_(
+        0, inv, torch.arange(len(rows)), reduce="amin")
+    order = first.argsort()
+    return uniq[order], first[order]
+
+
+def _staleness(stale: torch.Tensor, fresh: torch.Tensor) -> float:
+    """Mean over rows of ||stale - fresh||^2 / ||fresh||^2."""
+    stale, fresh = stale.float().cpu(), fresh.detach().float().cpu()
+    return float(((stale - fresh).pow(2).sum(1) / fresh.pow(2).sum(1).clamp(min=1e-12)).mean())
 
 
 def _jsonl(row: dict) -> str:

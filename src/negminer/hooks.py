@@ -1,0 +1,39 @@
+"""Hooks: tools that look at training without the loop importing them.
+
+A hook is any object with ``on_step(trainer, step) -> dict | None``, called after each optimiser
+step (``step`` counts the steps done); a returned dict is merged into that step's log row.
+Evaluation and diagnostics time is not counted as training time. ``default_hooks(cfg)`` maps
+options to hooks (``--diagnose-every``), importing each tool only when asked for.
+"""
+
+from __future__ import annotations
+
+
+class DiagnosticsHook:
+    """Sampler diagnostics (diagnostics.py) every ``every`` steps or at the steps in ``at``.
+
+    For samplers refreshed every R steps (exact, ance), periodic diagnostics are shifted by R // 2
+    so that they never measure an index refreshed on the step before."""
+
+    def __init__(self, every: int = 0, at=(), batches: int = 1):
+        self.every, self.at, self.batches = every, set(at), batches
+
+    def due(self, trainer, step: int) -> bool:
+        if step in self.at:
+            return True
+        if not self.every:
+            return False
+        period = getattr(trainer.sampler, "refresh_every", 0) if hasattr(trainer.sampler, "refreshed_at") else 0
+        return step % self.every == (period // 2) % self.every
+
+    def on_step(self, trainer, step: int):
+        if not self.due(trainer, step):
+            return None
+        from negminer.diagnostics import diagnose_trainer
+
+        rows = [diagnose_trainer(trainer, step + i) for i in range(self.batches)]
+        return {"diagnostics": {k: round(sum(r[k] for r in rows) / len(rows), 6) for k in rows[0]}}
+
+
+def default_hooks(cfg) -> list:
+    return [DiagnosticsHook(every=cfg.diagnose_every)] if cfg.diagnose_every else []

@@ -1,0 +1,46 @@
+"""From a draw to a loss's keyword arguments: the one place that knows how pools combine.
+
+A loss declares the fields it reads (``needs``: ``pool`` in-batch negatives, ``neg`` drawn
+negatives, ``log_pi`` their correction, ``log_z`` the cache's partition function); the trainer
+and the diagnostics call ``loss(**loss_inputs(...))`` and never branch on the loss.
+
+In-batch and drawn negatives together (Yang et al., "Mixed Negative Sampling for Learning Two-tower
+Neural Networks in Recommendations", WWW 2020): both are samples of the same targets, so each
+candidate j of query i gets the expected number of times it appears in either,
+    pi_ij = c_batch(j) + pi_sampler(i, j),
+(c_batch from the batcher: how often j is another query's positive in a random batch) and
+sum_{j in both pools} exp(s_ij) / pi_ij estimates the partition function once (the balance
+heuristic of multiple importance sampling). Without a correcting sampler the pool is left as is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from negminer.samplers.inbatch import inbatch_mask
+
+
+def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None) -> dict:
+    """``log_batch_count(rows)``: log expected count of target rows among a query's in-batch negatives."""
+    needs, dev = loss.needs, q.device
+    kw = {"q": q, "pos": pos, "scale": scale}
+    use_pool = inbatch and "pool" in needs
+    corrected = "log_pi" in needs and draw.log_pi is not None and neg is not None
+    if use_pool:
+        kw["pool"] = pos
+        kw["pool_mask"] = inbatch_mask(batch.pos_rows, batch.excl).to(dev)
+    if "neg" in needs and neg is not None:
+        kw["neg"] = neg
+        kw["neg_mask"] = draw.mask.to(dev)
+    if corrected:
+        neg_lp, pool_lp = draw.log_pi, draw.pool_log_pi
+        if use_pool and log_batch_count is not None:
+            neg_lp = torch.logaddexp(neg_lp, log_batch_count(draw.ids))
+            cb = log_batch_count(batch.pos_rows).unsqueeze(0).expand(len(batch.pos_rows), -1)
+            pool_lp = cb if pool_lp is None else torch.logaddexp(pool_lp, cb)
+        kw["neg_log_pi"] = neg_lp.to(dev)
+        if use_pool and pool_lp is not None:
+            kw["pool_log_pi"] = pool_lp.to(dev)
+    if "log_z" in needs:
+        kw["log_z"] = None if draw.log_z is None else draw.log_z.to(dev)
+    return kw
