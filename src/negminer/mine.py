@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
+from negminer.fileio import atomic_write_text
+from negminer.samplers.exclusions import Exclusions
 from negminer.train.duplicates import duplicate_groups
-from negminer.train.io import atomic_write_text
 
 
 def mine(model, dataset, split: str = "train", top_k: int = 10, margin: float | None = None, skip: int = 0,
@@ -36,18 +37,18 @@ def mine(model, dataset, split: str = "train", top_k: int = 10, margin: float | 
                              progress=progress)
     want = top_k + skip
     for s in range(0, len(qids), 256):
+        chunk = qids[s:s + 256]
+        excl = [set(pos[q]).union(*(dups.get(r, ()) for r in pos[q])) for q in chunk]
         scores = Q[s:s + 256] @ E.T
-        extra = max(len(pos[q]) for q in qids[s:s + 256]) * 4 + 16
-        top_s, top_i = scores.topk(min(len(E), want + extra), dim=1)
-        for n, qid in enumerate(qids[s:s + 256]):
-            p = set(pos[qid])
-            ex = set(p)
-            for r in p:
-                ex.update(dups.get(r, ()))
-            s_pos = max(float(scores[n, r]) for r in p)
-            kept = [(int(i), float(v)) for v, i in zip(top_s[n], top_i[n])
-                    if int(i) not in ex and (margin is None or float(v) <= s_pos - margin)]
-            yield qid, sorted(p), kept[skip:skip + top_k]
+        top_s, top_i = scores.topk(min(len(E), want + max(map(len, excl)) + 16), dim=1)
+        bad = Exclusions(excl, len(E)).contains(top_i)
+        if margin is not None:
+            s_pos = torch.stack([scores[n, sorted(pos[q])].max() for n, q in enumerate(chunk)])
+            bad |= top_s > (s_pos - margin).unsqueeze(1)
+        for n, qid in enumerate(chunk):
+            keep = ~bad[n]
+            kept = list(zip(top_i[n][keep].tolist(), top_s[n][keep].tolist()))
+            yield qid, sorted(pos[qid]), kept[skip:skip + top_k]
 
 
 def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, skip=0, fmt="flag", quiet=False) -> int:

@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from negminer.fileio import fsync_dir, fsync_tree
 from negminer.errors import DataError
 
 BUILTINS = ("pycode",)
@@ -169,12 +170,14 @@ def build_pycode(out: Path) -> None:
                         f.write(f"q:{qual}\t{qual}\t1\n")
         (tmp / STAMP).write_text(json.dumps(_stamp()), encoding="utf-8")
         tmp.chmod(0o755)  # mkdtemp makes it private
+        fsync_tree(tmp)
         if out.exists() and not _cached(out):  # stale or broken: move it aside, then drop it
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-old-"))
             os.replace(out, old / "x")
             shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, out)  # atomic: readers see the whole folder or none
+            fsync_dir(out.parent)
         except OSError:
             if not _cached(out):  # not another process that finished first
                 raise
