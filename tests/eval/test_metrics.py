@@ -81,11 +81,12 @@ def test_hand_computed_values():
     assert m["b"]["ndcg@10"] == pytest.approx(1.0) and m["b"]["p@1"] == 1.0
 
 
-def test_ties_follow_run_order():
-    """Equal scores: the run's order counts (trec_eval would sort the tie by id instead)."""
+def test_run_order_is_ignored():
+    """Targets are re-ranked by score (ties: see test_ties.py), whatever order the run lists them in."""
     qrels = {"a": {"x": 1}}
-    assert compute_metrics({"a": [("y", 1.0), ("x", 1.0)]}, qrels)["mrr@10"] == 0.5
-    assert compute_metrics({"a": [("x", 1.0), ("y", 1.0)]}, qrels)["mrr@10"] == 1.0
+    assert compute_metrics({"a": [("y", 1.0), ("x", 2.0)]}, qrels)["mrr@10"] == 1.0
+    assert compute_metrics({"a": [("x", 1.0), ("y", 1.0)]}, qrels)["p@1"] == 0.0  # y before x on a tie
+    assert compute_metrics({"a": [("y", 1.0), ("x", 1.0)]}, qrels)["p@1"] == 0.0
 
 
 def test_empty_run_and_no_relevant_queries():

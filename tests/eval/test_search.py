@@ -50,7 +50,7 @@ def test_run_file_round_trip(tmp_path):
     write_run(tmp_path / "sub" / "run.trec", run, tag="t")
     assert read_run(tmp_path / "sub" / "run.trec") == run
     assert (tmp_path / "sub" / "run.trec").read_text().splitlines() == [
-        "q1 Q0 d3 1 0.900000 t", "q1 Q0 d1 2 0.500000 t", "q2 Q0 d2 1 -0.125000 t"]
+        "q1 Q0 d3 1 0.9 t", "q1 Q0 d1 2 0.5 t", "q2 Q0 d2 1 -0.125 t"]
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name != "run.trec"]  # no temp file left
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from negminer.errors import ConfigError
-from negminer.eval.metrics import METRIC_KEYS, compute_metrics
+from negminer.eval.metrics import METRIC_KEYS, compute_metrics, trec_order
 from negminer.eval.search import topk
 
 
@@ -33,7 +33,8 @@ class EvalMetrics(dict):
 
 def retrieve(model, dataset, split: str = "test", k: int = 100, batch_size: int = 128, backend: str = "exact",
              progress: bool = False, stats: dict | None = None) -> dict[str, list[tuple[str, float]]]:
-    """``{qid: [(target_id, score), ...]}`` best first, for the split's queries with a positive."""
+    """``{qid: [(target_id, score), ...]}`` in trec_eval's order (``trec_order``: best first, equal
+    scores by target id descending), for the split's queries with a positive."""
     try:
         pos = dataset.positives(split)
     except KeyError as e:
@@ -49,7 +50,7 @@ def retrieve(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     scores, idx = topk(q_emb.float(), t_emb.float(), k, backend=backend)
     scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
     ids = dataset.target_ids
-    run = {q: [(ids[i], s) for s, i in zip(scores[n], idx[n])] for n, q in enumerate(qids)}
+    run = {q: trec_order([(ids[i], s) for s, i in zip(scores[n], idx[n])]) for n, q in enumerate(qids)}
     stats.update(targets_encoded=len(t_emb), queries_encoded=len(q_emb), seconds_encode_targets=t1 - t0,
                  seconds_encode_queries=t2 - t1, seconds_search=time.perf_counter() - t2)
     return run
@@ -66,13 +67,12 @@ def evaluate(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     run = retrieve(model, dataset, split, k, batch_size, backend, progress, stats)
     metrics = EvalMetrics(compute_metrics(run, dataset.qrels[split]))
     if out_dir is not None:
-        import json
-
-        from negminer.eval.runfile import atomic_write_text, write_run
+        from negminer.eval.runfile import write_run
+        from negminer.fileio import atomic_write_json
 
         out = Path(out_dir)
         write_run(out / "run.trec", run)
-        atomic_write_text(out / "metrics.json", json.dumps(dict(metrics), indent=2) + "\n")
+        atomic_write_json(out / "metrics.json", dict(metrics))
     stats["seconds_total"] = time.perf_counter() - start
     metrics.stats = stats
     return metrics

@@ -1,4 +1,4 @@
-"""Retrieval metrics, defined as trec_eval / ir-measures define them.
+"""Retrieval metrics, defined as trec_eval / ir-measures define them, ties included.
 
 For each query with at least one relevant target (grade > 0), over the ranked run (best first):
   recall@k = |relevant in top k| / |relevant|      p@k = |relevant in top k| / k
@@ -8,9 +8,10 @@ For each query with at least one relevant target (grade > 0), over the ranked ru
 Values are means over those queries; a query missing from the run scores 0 on every metric, and
 queries whose judgements are all <= 0 are left out (not counted in ``num_queries``).
 
-Ties: the run's order is used as given (best first), whatever the scores. trec_eval / ir-measures
-instead re-sort by score and break equal scores by target id (descending), so the two can differ
-only where a run has equal scores; with distinct scores they agree to float precision.
+Ranking, as ir-measures ranks: the run's order is ignored; targets are sorted by score, descending,
+equal scores by target id (string order) descending as trec_eval does (``trec_order``; ir-measures
+uses pytrec_eval for R, P, nDCG), except for mrr@10: ascending ids there (``msmarco_order``;
+ir-measures computes RR@10 with the MS MARCO script). Run files are written in ``trec_order``.
 
     compute_metrics({"q1": [("d3", 0.9), ("d1", 0.5)]}, {"q1": {"d1": 2, "d7": 0}})
     compute_metrics(run, qrels, per_query=True)  # {"mean": {...}, "per_query": {qid: {...}}}
@@ -23,15 +24,27 @@ import math
 METRIC_KEYS = ("recall@1", "recall@10", "recall@100", "mrr@10", "ndcg@10", "p@1", "p@5", "num_queries")
 
 
-def query_metrics(ranked: list[str], judged: dict[str, int]) -> dict[str, float]:
+def trec_order(ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """trec_eval's ranking: score descending, equal scores by target id descending."""
+    return sorted(ranked, key=lambda p: (p[1], p[0]), reverse=True)
+
+
+def msmarco_order(ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """MS MARCO's (ir-measures' RR@k): score descending, equal scores by target id ascending."""
+    return sorted(ranked, key=lambda p: (-p[1], p[0]))
+
+
+def query_metrics(ranked: list[tuple[str, float]], judged: dict[str, int]) -> dict[str, float]:
+    """One query's metrics; ``ranked`` holds ``(target_id, score)`` in any order."""
     rel = {t: g for t, g in judged.items() if g > 0}
-    hits = [1 if t in rel else 0 for t in ranked]
+    ids = [t for t, _ in trec_order(ranked)]
+    hits = [1 if t in rel else 0 for t in ids]
     out = {}
     for k in (1, 10, 100):
         out[f"recall@{k}"] = sum(hits[:k]) / len(rel)
-    first = next((i for i, h in enumerate(hits[:10]) if h), None)
+    first = next((i for i, (t, _) in enumerate(msmarco_order(ranked)[:10]) if t in rel), None)
     out["mrr@10"] = 0.0 if first is None else 1.0 / (first + 1)
-    dcg = sum(rel.get(t, 0) / math.log2(i + 2) for i, t in enumerate(ranked[:10]))
+    dcg = sum(rel.get(t, 0) / math.log2(i + 2) for i, t in enumerate(ids[:10]))
     ideal = sorted(rel.values(), reverse=True)[:10]
     idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
     out["ndcg@10"] = dcg / idcg
@@ -44,14 +57,14 @@ def compute_metrics(run: dict[str, list[tuple[str, float]]], qrels: dict[str, di
                     per_query: bool = False) -> dict:
     """Mean metrics over the queries of ``qrels`` that have a relevant target (keys: METRIC_KEYS).
 
-    ``run[qid]`` is ranked best first. With ``per_query``, returns ``{"mean": <that dict>,
-    "per_query": {qid: {metric: value}}}`` instead.
+    ``run[qid]`` holds ``(target_id, score)`` pairs, re-ranked as above. With ``per_query``, returns
+    ``{"mean": <that dict>, "per_query": {qid: {metric: value}}}`` instead.
     """
     per = {}
     for qid, judged in qrels.items():
         if not any(g > 0 for g in judged.values()):
             continue
-        per[qid] = query_metrics([t for t, _ in run.get(qid, [])], judged)
+        per[qid] = query_metrics(run.get(qid, []), judged)
     n = len(per)
     out = {k: (sum(m[k] for m in per.values()) / n if n else 0.0) for k in METRIC_KEYS[:-1]}
     out["num_queries"] = n

@@ -1,35 +1,23 @@
 """TREC run files: one line per retrieved target, ``qid Q0 docid rank score tag``.
 
-    write_run("out/run.trec", {"q1": [("d3", 0.9), ("d1", 0.5)]})   # rank = position, 1-based
-    read_run("out/run.trec") == {"q1": [("d3", 0.9), ("d1", 0.5)]}  # scores to 6 decimals
+    write_run("out/run.trec", {"q1": [("d1", 0.5), ("d3", 0.9)]})   # ranked as trec_eval ranks
+    read_run("out/run.trec") == {"q1": [("d3", 0.9), ("d1", 0.5)]}  # the same floats, best first
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from negminer.errors import DataError
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write to a temp file beside ``path``, then os.replace: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from negminer.eval.metrics import trec_order
+from negminer.fileio import atomic_write_text
 
 
 def write_run(path, run: dict[str, list[tuple[str, float]]], tag: str = "negminer") -> None:
-    """``run[qid]`` is ranked best first; ids must not contain whitespace."""
-    lines = [f"{q} Q0 {t} {r} {s:.6f} {tag}\n" for q, ranked in run.items() for r, (t, s) in enumerate(ranked, 1)]
+    """Write each query's targets in trec_eval's order (``trec_order``; rank = position there),
+    scores as ``repr(float)``, which reads back as the same float. Ids must not contain whitespace."""
+    lines = [f"{q} Q0 {t} {r} {float(s)!r} {tag}\n"
+             for q, ranked in run.items() for r, (t, s) in enumerate(trec_order(ranked), 1)]
     atomic_write_text(path, "".join(lines))
 
 

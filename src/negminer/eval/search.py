@@ -1,7 +1,9 @@
 """Top-k search by inner product: exact (chunked matrix products, bounded memory) or FAISS.
 
 Both return ``(scores [n_q, k], indices [n_q, k])``, best first, with ``k`` capped at the number
-of targets. Equal scores come out in whatever order ``torch.topk`` / FAISS gives them.
+of targets. Equal scores come out in whatever order ``torch.topk`` / FAISS gives them (and which
+of those tied at the k-th score are kept is theirs to pick); ``evaluate`` re-sorts each query's
+list into trec_eval's order (``metrics.trec_order``).
 """
 
 from __future__ import annotations
