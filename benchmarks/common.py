@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: machine/version record and atomic JSON results."""
+"""Shared helpers for benchmarks: machine/version record, provenance (commit + command) and atomic JSON results."""
 
 from __future__ import annotations
 
@@ -6,11 +6,52 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+# environment variables that change what a benchmark measures; a reproducing command must repeat them
+ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TOKENIZERS_PARALLELISM")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD``, plus ``-dirty`` when the tree differs from it (tracked changes or untracked
+    files, except under benchmarks/results/, which the benchmarks write); None outside a git checkout."""
+    head = _git("rev-parse", "HEAD")
+    if head is None:
+        return None
+    changed = [line[3:].split(" -> ")[-1].strip('"') for line in (_git("status", "--porcelain") or "").splitlines()]
+    dirty = any(p and not p.startswith("benchmarks/results/") for p in changed)
+    return head.strip() + ("-dirty" if dirty else "")
+
+
+def command_line(argv=None) -> str:
+    """The shell command that reproduces this run from the repository root: the ENV_KEYS variables that
+    are set, ``python``, the script's path relative to the repository, the arguments."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).is_file():
+        script = Path(argv[0]).resolve()
+        argv[0] = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script)
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in ENV_KEYS if k in os.environ]
+    return " ".join([*env, "python", shlex.join(argv)])
+
+
+def provenance(argv=None) -> dict:
+    """{"commit": git commit (+ "-dirty"), "command": command line that reproduces the run}: put it in
+    every result row so that a number can be traced to the code and the invocation that produced it."""
+    return {"commit": git_commit(), "command": command_line(argv)}
 
 
 def machine() -> dict:
@@ -31,7 +72,7 @@ def write_result(name: str, payload: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{name}.json"
     payload = {"name": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **payload}
+               **provenance(), "machine": machine(), **payload}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, out)

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, provenance, write_result  # noqa: E402
 
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
@@ -80,17 +80,33 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def diagnosis_step(opts, p) -> int:
+    """Where to diagnose: after the last step, or for samplers refreshed every R steps (exact, ance) in the
+    middle of the last period, so that a just-refreshed index is never what is measured."""
+    r = opts.get("refresh_every") if opts.get("negatives") in ("exact", "ance") else None
+    return p["steps"] - r // 2 if r and r > 1 else p["steps"]
+
+
+def row_command(name, args) -> str:
+    cmd = ["python", "benchmarks/negatives.py", "--preset", args.preset, "--seed", str(args.seed), "--only", f"'{name}'"]
+    if args.steps:
+        cmd += ["--steps", str(args.steps)]
+    return " ".join(cmd)
+
+
 def run_method(ds, name, opts, p, args, tmp):
     from negminer.config import resolve
-    from negminer.diagnostics import diagnose_trainer
+    from negminer.hooks import DiagnosticsHook
     from negminer.train.trainer import Trainer
 
     cfg = resolve({"data": "", "out": str(Path(tmp) / name.replace(" ", "_").replace("/", "")), "encoder": p["encoder"],
                    "steps": p["steps"], "batch_size": p["batch_size"], "lr": p["lr"], "seed": args.seed,
                    "query_max_length": p["qlen"], "target_max_length": p["tlen"], "quiet": True,
                    "zero_shot": False, **{k: v for k, v in opts.items() if k != "zero_shot_only"}})
+    at = diagnosis_step(opts, p)
+    hook = DiagnosticsHook(at=[at], batches=p["diag_batches"]) if p["diag_batches"] else None
     reset_peak_rss()
-    tr = Trainer(cfg, dataset=ds)
+    tr = Trainer(cfg, dataset=ds, hooks=[hook] if hook else [])
     if opts.get("zero_shot_only"):
         m = dict(tr.evaluate(), train={"target_encodes": 0, "query_encodes": 0, "seconds": 0.0})
     else:
@@ -98,11 +114,18 @@ def run_method(ds, name, opts, p, args, tmp):
     row = {"method": name, "encoder": p["encoder"], "data": ds.name, "steps": 0 if "zero_shot_only" in opts else p["steps"],
            "recall@10": round(m["recall@10"], 4), "ndcg@10": round(m["ndcg@10"], 4),
            "target_encodes": m["train"]["target_encodes"], "query_encodes": m["train"]["query_encodes"],
-           "seconds": m["train"]["seconds"], "peak_rss_mb": peak_rss_mb(), "options": opts}
-    if p["diag_batches"] and "zero_shot_only" not in opts:
-        diags = [diagnose_trainer(tr, p["steps"] + i) for i in range(p["diag_batches"])]
-        row["diagnostics"] = {k: round(sum(d[k] for d in diags) / len(diags), 4) for k in diags[0]}
+           "seconds": m["train"]["seconds"], "peak_rss_mb": peak_rss_mb(), "options": opts,
+           **provenance(), "command": row_command(name, args)}
+    if hook and "zero_shot_only" not in opts:
+        logged = [r["diagnostics"] for r in _log(tr) if "diagnostics" in r]
+        if logged:
+            row["diagnostics"] = {k: round(v, 4) for k, v in logged[-1].items()}
+            row["diagnosed_at_step"] = at
     return row
+
+
+def _log(tr):
+    return [json.loads(x) for x in (tr.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
 
 
 DIAG_COLUMNS = (("tv", ".3f"), ("top10_found", ".2f"), ("grad_cosine", ".3f"))

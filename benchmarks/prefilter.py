@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, provenance, write_result  # noqa: E402
 
 D, B, K, TAU = 384, 64, 8, 0.05
 
@@ -51,19 +51,19 @@ def best_of(fn, repeats: int) -> float:
 
 
 def run(m: int, top: int, nprobe: int, repeats: int) -> dict:
-    from negminer.samplers import Batch, CacheSampler
+    from negminer.samplers import Batch, CacheSampler, Exclusions
     from negminer.store import TargetStore
 
     emb, q, pos = data(m)
-    store = TargetStore([str(i) for i in range(m)], [""] * m, D)
+    store = TargetStore(range(m), range(m), D)
     store.write(torch.arange(m), emb, 0)
     full = CacheSampler(K, seed=0)
     pre = CacheSampler(K, seed=0, prefilter_top=top, prefilter_nprobe=nprobe, prefilter_rebuild=10**9)
     for s in (full, pre):
-        s.rows = torch.arange(m)
-    batch = Batch(1, pos, [{int(p)} for p in pos], q, torch.Generator().manual_seed(0), 1 / TAU)
+        s.rows, s.full = torch.arange(m), True
+    batch = Batch(1, pos, Exclusions([{int(p)} for p in pos], m), q, torch.Generator().manual_seed(0), 1 / TAU)
     t = time.perf_counter()
-    pre.prefilter.build(store.embeddings(), 1)
+    pre.prefilter.build(lambda p: emb[p], m, 1)
     build = time.perf_counter() - t
     t_full = best_of(lambda: full.sample(q, batch, store), repeats)
     t_pre = best_of(lambda: pre.sample(q, batch, store), repeats)
@@ -104,7 +104,9 @@ def main(argv=None) -> int:
         ap.error("--top and --nprobe need the same number of values")
     for m in args.sizes:
         for top, nprobe in zip(args.top, args.nprobe):
-            rows.append(run(m, top, nprobe, args.repeats))
+            rows.append({**run(m, top, nprobe, args.repeats), **provenance(),
+                         "command": f"python benchmarks/prefilter.py --sizes {m} --top {top} --nprobe {nprobe} "
+                                    f"--repeats {args.repeats}"})
             print(rows[-1], flush=True)
     write_result("prefilter", {"rows": rows, "dim": D, "queries": B, "negatives": K, "temperature": TAU})
     (RESULTS / "prefilter.md").write_text(table(rows) + "\n")

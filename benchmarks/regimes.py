@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, provenance, write_result  # noqa: E402
 from negatives import PRESETS, peak_rss_mb, reset_peak_rss  # noqa: E402
 
 METHODS = {
@@ -71,7 +71,7 @@ def run_one(ds, method, steps, preset, tmp, seed):
     tr = Trainer(cfg, dataset=ds)
     kept = {}
 
-    def evaluate():  # keep the run so that subsets are scored without a second encode
+    def evaluate(out_dir=None):  # keep the run so that subsets are scored without a second encode
         kept["run"] = retrieve(tr.model, ds, "test", batch_size=cfg.eval_batch_size)
         return EvalMetrics(compute_metrics(kept["run"], ds.qrels["test"]))
 
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
                 ds = cache.setdefault(data, load_dataset(path))
                 for method in methods:
                     t = time.perf_counter()
-                    row = dict(run_one(ds, method, steps, preset, tmp, args.seed), axis=axis)
+                    row = {**run_one(ds, method, steps, preset, tmp, args.seed), "axis": axis, **provenance(),
+                           "command": f"python benchmarks/regimes.py --only '{axis}' --seed {args.seed}"}
                     rows.append(row)
                     print(f"{data:<13} {steps:>5} {method:<20} recall@10 {row['recall@10']:.4f} "
                           f"({time.perf_counter() - t:.0f}s)  {row}", flush=True)

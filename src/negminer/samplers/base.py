@@ -115,26 +115,28 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
         i = torch.searchsorted(srt, pr).clamp(max=max(len(srt) - 1, 0))
         found = srt[i] == pr if len(srt) else torch.zeros_like(pr, dtype=torch.bool)
         wpos = torch.where(found, i if back is None else back[i], torch.full_like(i, -1))
-    wq = torch.arange(b, device=dev).repeat_interleave(b)  # pair (i, j): query i, positive of j
-    wp = wpos.repeat(b)
-    keep = wp >= 0
-    order = wp[keep].argsort(stable=True)
-    widx = keep.nonzero().squeeze(1)[order]
-    watch = (wq[keep][order], wp[keep][order])
+    order = wpos.argsort()
+    order = order[wpos[order] >= 0]  # batch positives among the candidates, by position
+    watch = (torch.arange(b, device=dev).repeat(len(order)), wpos[order].repeat_interleave(b))  # (query i, position)
+    widx = watch[0] * b + order.repeat_interleave(b)  # into [B, B]: query i, positive of query j
     lz_scales = (batch.loss_scale,) if sampler.want_log_z else ()
     g = batch.gen(dev)
     if sampler.replacement and selection == "sample":
         acc = ReplacementStream(b, k, g, dev, scale=scale, log_z_scales=lz_scales, watch=watch)
     else:
-        stride = 1 + int(torch.randint(61, (1,), generator=batch.generator))
-        acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=stride, log_z_scales=lz_scales, watch=watch)
+        acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=1, log_z_scales=lz_scales, watch=watch)
     over = sampler.margin_over(q.to(dev), batch)
-    bounds = torch.searchsorted(ex_p, torch.tensor([0], device=dev))  # running slice of exclusion pairs
-    lo = int(bounds[0])
-    for start, scores in store.score_chunks(q, rows):
-        hi = lo + int(torch.searchsorted(ex_p[lo:], torch.tensor([start + scores.shape[1]], device=dev)))
-        acc.add(scores, start, scale, pairs=(ex_q[lo:hi], ex_p[lo:hi]), over=over)
-        lo = hi
+    m = store.n if rows is None else len(rows)
+    chunk = store.chunk_size()
+    starts = torch.arange(0, m + chunk, chunk, device=dev).clamp(max=m)
+    ex_b = torch.searchsorted(ex_p, starts).tolist()            # the exclusion pairs of each chunk
+    w_b = torch.searchsorted(watch[1], starts).tolist()          # the watched pairs of each chunk
+    noise_block = max(chunk, 1 << 20)
+    for i, (start, scores) in enumerate(store.score_chunks(q, rows, chunk)):
+        if start % noise_block == 0 and isinstance(acc, TopKStream):
+            acc.pass_noise(start, min(noise_block, m - start))
+        acc.watch_span = (w_b[i], w_b[i + 1])
+        acc.add(scores, start, scale, pairs=(ex_q[ex_b[i]:ex_b[i + 1]], ex_p[ex_b[i]:ex_b[i + 1]]), over=over)
     pos, log_pi, mask = acc.result()
     ids = pos if rows is None else rows.to(dev)[pos]
     ids = ids.masked_fill(mask, 0)

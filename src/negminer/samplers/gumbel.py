@@ -21,11 +21,11 @@ draws with replacement a per-chunk inverse-CDF draw merged across chunks by weig
 sampling (slot m keeps its draw with probability Z_old / (Z_old + Z_chunk)); nothing of shape
 [B, N] is held, and no k noise arrays.
 
-Noise: each chunk draws c + (B - 1) s uniform numbers once and query b reads the window starting
-at b s (a strided view, no copy). Within a query the noise is i.i.d., so each query's draw has
-exactly the Gumbel-top-k law; queries share values at shifted positions (their draws are not
-independent of each other, which no estimator here needs), and the RNG cost is per target, not
-per (query, target).
+Noise: a pass draws n + (B - 1) s uniform numbers (in blocks, ``pass_noise``) and query b reads
+the window starting at b s (a strided view, no copy). Within a query the noise is i.i.d., so each
+query's draw has exactly the Gumbel-top-k law; queries share values at shifted positions (their
+draws are not independent of each other, which no estimator here needs), and the RNG cost is per
+target, not per (query, target).
 
 Example::
 
@@ -80,6 +80,8 @@ class _Stream:
         self.log_z = {s: torch.full((b,), NEG_INF, device=self.device) for s in log_z_scales}
         self.watch = watch  # (query, position) pairs sorted by position; their logits are recorded
         self.watched = None if watch is None else torch.full((len(watch[0]),), NEG_INF, device=self.device)
+        self.watch_span = None  # (lo, hi) of the watched pairs in the next chunk, when the caller knows it
+        self.flat_noise = None  # (start, flat noise) shared by the chunks of one pass, see TopKStream.pass_noise
         self._ws: dict[str, torch.Tensor] = {}
 
     def buffer(self, name: str, c: int, dtype=torch.float32) -> torch.Tensor:
@@ -107,17 +109,16 @@ class _Stream:
                 lz = self._mask(x, start, pairs, dense, over, scores).logsumexp(1)
                 torch.logaddexp(acc, lz, out=acc)
         if self.watch is not None:
-            lo, hi = torch.searchsorted(self.watch[1], torch.tensor([start, start + scores.shape[1]],
-                                                                    device=self.watch[1].device)).tolist()
+            lo, hi = self.watch_span if self.watch_span is not None else torch.searchsorted(
+                self.watch[1], torch.tensor([start, start + scores.shape[1]], device=self.watch[1].device)).tolist()
             if hi > lo:
-                qi, pos = self.watch[0][lo:hi], self.watch[1][lo:hi]
-                v = scores[qi, pos - start].float() * scale
-                bad = torch.zeros_like(v, dtype=torch.bool)
+                qi, pos = self.watch[0][lo:hi], self.watch[1][lo:hi] - start
+                v = scores[qi, pos].float() * scale
                 if over is not None:
-                    bad |= scores[qi, pos - start] > over[qi]
+                    v = v.masked_fill(scores[qi, pos] > over[qi], NEG_INF)
                 if dense is not None:
-                    bad |= dense[qi, pos - start]
-                self.watched[lo:hi] = v.masked_fill(bad, NEG_INF)
+                    v = v.masked_fill(dense[qi, pos], NEG_INF)
+                self.watched[lo:hi] = v
 
 
 class TopKStream(_Stream):
@@ -130,10 +131,21 @@ class TopKStream(_Stream):
         self.logits = torch.full((b, k + 1), NEG_INF, device=self.device)
         self.pos = torch.zeros((b, k + 1), dtype=torch.long, device=self.device)
 
-    def _noise(self, c: int) -> tuple[torch.Tensor, int]:
+    def pass_noise(self, start: int, length: int) -> None:
+        """Draw the noise of candidates start..start+length-1 at once (one RNG call for many chunks):
+        query b reads flat[b * stride + j - start] for candidate j, so within a query every candidate
+        has its own value."""
+        if self.noise:
+            self.flat_noise = (start, length, gumbel_noise(length + (self.b - 1) * self.stride, self.g, self.device))
+
+    def _noise(self, start: int, c: int) -> tuple[torch.Tensor, int]:
         """Flat noise and the stride between rows (query b reads flat[b * stride : b * stride + c])."""
         if not self.noise:
             return torch.zeros(c, device=self.device), 0
+        if self.flat_noise is not None:
+            s0, length, flat = self.flat_noise
+            if s0 <= start and start + c <= s0 + length:
+                return flat[start - s0:], self.stride
         return gumbel_noise(c + (self.b - 1) * self.stride, self.g, self.device), self.stride
 
     def add(self, scores: torch.Tensor, start: int = 0, scale: float = 1.0, pairs=None, dense=None, over=None):
@@ -142,7 +154,7 @@ class TopKStream(_Stream):
         exclusions; ``over`` [B]: scores above it are dropped (the margin)."""
         self._common(scores, start, pairs, dense, over, scale)
         c = scores.shape[1]
-        flat, stride = self._noise(c)
+        flat, stride = self._noise(start, c)
         if kernel.get() is not None and scores.device.type == "cpu":
             self._mask(scores, start, pairs, dense, over, scores)
             if kernel.topk_chunk(scores, flat, stride, scale, start, self.keys, self.pos, self.logits):

@@ -62,6 +62,7 @@ def _build() -> ctypes.CDLL:
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, f32, i64, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
+    lib.funcs = {torch.bfloat16: lib.topk_stream_bf16, torch.float32: lib.topk_stream_f32}
     return lib
 
 
@@ -93,7 +94,7 @@ def topk_chunk(scores: torch.Tensor, noise: torch.Tensor, stride: int, scale: fl
     if scores.stride(1) != 1 or not (keys.is_contiguous() and pos.is_contiguous() and logits.is_contiguous()):
         return False
     b, c = scores.shape
-    fn = lib.topk_stream_bf16 if scores.dtype == torch.bfloat16 else lib.topk_stream_f32
+    fn = lib.funcs[scores.dtype]
     fn(scores.data_ptr(), 0, b, c, scores.stride(0), noise.data_ptr(), stride, scale, start, keys.shape[1],
        keys.data_ptr(), pos.data_ptr(), logits.data_ptr())
     return True

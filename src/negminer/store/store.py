@@ -136,12 +136,15 @@ class TargetStore:
             src = src.to(self.compute_dtype)
         return src
 
+    def chunk_size(self) -> int:
+        return GPU_CHUNK if self.scoring_device.type == "cuda" else CPU_CHUNK
+
     def score_chunks(self, q: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None):
         """Yield (start, scores [B, c]) with scores = q . e over the candidates (``rows`` [M] of the store,
         default all rows), in the compute dtype on the scoring device. ``scores`` is a reused
         buffer: use it before the next chunk; it may be overwritten (masking)."""
         dev = self.scoring_device
-        chunk = chunk or (GPU_CHUNK if dev.type == "cuda" else CPU_CHUNK)
+        chunk = chunk or self.chunk_size()
         m = self.n if rows is None else len(rows)
         qc = q.detach().to(dev, self.compute_dtype)
         for i, s in enumerate(range(0, m, chunk)):

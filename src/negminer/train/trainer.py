@@ -67,6 +67,18 @@ def has_dropout(module: torch.nn.Module) -> bool:
     return False
 
 
+def adamw(groups, lr: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all tensors instead of a loop of small ops per tensor: MiniLM on CPU,
+    55 -> 7 ms a step at 2 threads, 80 -> 11 ms at 1) where torch has it: CPU since torch 2.4, CUDA.
+    The same algorithm, not the same rounding as the default; resuming stays bit-for-bit."""
+    if {p.device.type for g in groups for p in g["params"]} <= {"cpu", "cuda"}:
+        try:
+            return torch.optim.AdamW([dict(g) for g in groups], lr=lr, fused=True)
+        except RuntimeError:  # torch < 2.4: fused AdamW is CUDA-only
+            pass
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def linear_schedule(warmup_steps: int, total_steps: int):
     def f(step: int) -> float:
         if step < warmup_steps:
@@ -117,7 +129,7 @@ class Trainer:
         self.tower_dropout = has_dropout(self.model.target_tower)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         warm = int(cfg.warmup * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warm, self.total_steps))
