@@ -146,7 +146,20 @@ def test_kernel_and_torch_ops_give_the_same_draws(monkeypatch, dtype):
             acc.add(scores[:, s:s + 300].clone(), s, 20.0)
         return acc.result()
 
+    monkeypatch.setattr(kernel, "gumbel", lambda n, g: None)  # the same (torch) noise for both top-k paths
     a = run()
     monkeypatch.setattr(kernel, "get", lambda: None)
     b = run()
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.allclose(a[1], b[1])
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+def test_kernel_noise_is_gumbel_and_a_function_of_the_seed():
+    from scipy.stats import kstest
+
+    x = kernel.gumbel(400_000, torch.Generator().manual_seed(0))
+    assert kstest(x.numpy(), "gumbel_r").pvalue > 0.01
+    assert kstest(x.numpy() + 0.05, "gumbel_r").pvalue < 1e-6  # the test has power
+    assert abs(float(x.mean()) - 0.5772) < 0.01 and abs(float(x.var()) - math.pi**2 / 6) < 0.02
+    same = [kernel.gumbel(1000, torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert torch.equal(*same) and not torch.equal(same[0], kernel.gumbel(1000, torch.Generator().manual_seed(4)))

@@ -1,4 +1,5 @@
-/* Running top-K of perturbed keys over one chunk of scores, fused in one pass (see gumbel.py).
+/* Running top-K of perturbed keys over one chunk of scores, fused in one pass (see gumbel.py), and
+ * the Gumbel noise itself.
  *
  * For each row b: key_j = fma(scale, s[b, j], noise[b * stride + j]); keys above the row's current
  * K-th key are inserted into its sorted list (keys, positions, logits = scale * s). Blocks of 16
@@ -71,4 +72,38 @@ void topk_stream_bf16(const uint16_t *s, int64_t b0, int64_t b1, int64_t c, int6
 void topk_stream_f32(const float *s, int64_t b0, int64_t b1, int64_t c, int64_t ld, const float *noise,
                      int64_t stride, float scale, int64_t start, int K, float *keys, int64_t *pos, float *lg) {
     ROW_LOOP(LOAD_F32)
+}
+
+/* Gumbel(0, 1) noise, out[i] = -log(-log(u_i)), u_i = (h(seed, i) + 1/2) / 2^24 with h the top 24 bits of
+ * splitmix64 (a counter-based generator: a pure function of seed and position, so a resumed run draws the
+ * same values) and a branch-free single-precision log (Cephes logf, relative error ~1e-7) so that the loop
+ * vectorises. The tails stop at -2.85 and 17.3, as for any 24-bit uniform. */
+static inline float log_pos(float x) {
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    int32_t e = (int32_t)((b >> 23) & 0xff) - 126;
+    uint32_t mb = (b & 0x7fffffu) | 0x3f000000u; /* mantissa in [0.5, 1) */
+    float m;
+    memcpy(&m, &mb, 4);
+    int small = m < 0.70710678f;
+    e -= small;
+    m = small ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float y = (((((((( 7.0376836292E-2f * m - 1.1514610310E-1f) * m + 1.1676998740E-1f) * m - 1.2420140846E-1f) * m
+                  + 1.4249322787E-1f) * m - 1.6668057665E-1f) * m + 2.0000714765E-1f) * m - 2.4999993993E-1f) * m
+               + 3.3333331174E-1f) * m * z;
+    y += -2.12194440E-4f * (float)e;
+    y += -0.5f * z;
+    return m + y + 0.693359375f * (float)e;
+}
+
+void gumbel_fill(float *out, int64_t n, uint64_t seed) {
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t z = seed + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        float u = ((float)(uint32_t)(z >> 40) + 0.5f) * 5.9604644775390625e-8f;
+        out[i] = -log_pos(-log_pos(u));
+    }
 }

@@ -136,7 +136,9 @@ class TopKStream(_Stream):
         query b reads flat[b * stride + j - start] for candidate j, so within a query every candidate
         has its own value."""
         if self.noise:
-            self.flat_noise = (start, length, gumbel_noise(length + (self.b - 1) * self.stride, self.g, self.device))
+            n = length + (self.b - 1) * self.stride
+            flat = kernel.gumbel(n, self.g) if self.device.type == "cpu" else None
+            self.flat_noise = (start, length, flat if flat is not None else gumbel_noise(n, self.g, self.device))
 
     def _noise(self, start: int, c: int) -> tuple[torch.Tensor, int]:
         """Flat noise and the stride between rows (query b reads flat[b * stride : b * stride + c])."""

@@ -1,8 +1,9 @@
 """The fused CPU top-k kernel (``_topk_stream.c``), compiled on first use with the system C compiler.
 
 Why C: on a CPU with bf16 matrix units the score matmul at d = 128 costs less than two separate
-torch passes over its [B, c] output (a mixed-dtype add and a topk), so the sampler could not stay
-within 1.5x of the bare matmul. The kernel reads the scores once. It has no dependency (plain C,
+torch passes over its [B, c] output (a mixed-dtype add and a topk), or than torch's CPU generator
+drawing one uniform per target, so the sampler could not stay within 1.5x of the bare matmul. The
+kernel reads the scores once, and draws the Gumbel noise with a vectorised counter-based generator. It has no dependency (plain C,
 loaded with ctypes, about a second to build), is cached per source, compiler and CPU under
 ``$NEGMINER_CACHE/kernels`` (default ``~/.cache/negminer``), and where no compiler works, or with
 ``NEGMINER_KERNEL=0``, the samplers use the equivalent torch ops (tests run both).
@@ -63,6 +64,8 @@ def _build() -> ctypes.CDLL:
         fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, f32, i64, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
     lib.funcs = {torch.bfloat16: lib.topk_stream_bf16, torch.float32: lib.topk_stream_f32}
+    lib.gumbel_fill.argtypes = [ptr, i64, ctypes.c_uint64]
+    lib.gumbel_fill.restype = None
     return lib
 
 
@@ -98,3 +101,15 @@ def topk_chunk(scores: torch.Tensor, noise: torch.Tensor, stride: int, scale: fl
     fn(scores.data_ptr(), 0, b, c, scores.stride(0), noise.data_ptr(), stride, scale, start, keys.shape[1],
        keys.data_ptr(), pos.data_ptr(), logits.data_ptr())
     return True
+
+
+def gumbel(n: int, generator: torch.Generator) -> torch.Tensor | None:
+    """n Gumbel(0, 1) values from the kernel's counter-based generator (seeded from ``generator``),
+    or None without the kernel; about ten times faster than torch's CPU generator and two logs."""
+    lib = get()
+    if lib is None:
+        return None
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    out = torch.empty(n)
+    lib.gumbel_fill(out.data_ptr(), n, seed)
+    return out
