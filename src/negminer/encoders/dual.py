@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -167,27 +165,16 @@ class DualEncoder(nn.Module):
                 "target_max_length": self.target_max_length}
 
     def save(self, path) -> None:
-        """Write to a temporary sibling folder, then rename it into place (replacing an older save)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stdir.make_temp_dir(path.parent, path.name)
-        old = tmp.with_name(tmp.name + ".old")
-        try:
+        """Build in a temporary sibling folder, then rename it into place (replacing an older save)."""
+        from negminer.fileio import atomic_dir
+
+        with atomic_dir(path) as tmp:
             if self.shared:
                 self.target_tower.save(tmp, self.target_max_length, self.normalize)
             else:
                 self.query_tower.save(tmp / "query", self.query_max_length, self.normalize)
                 self.target_tower.save(tmp / "target", self.target_max_length, self.normalize)
             stdir.write_json(tmp / "negminer.json", self.settings())
-            stdir.fix_permissions(tmp)
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "DualEncoder":

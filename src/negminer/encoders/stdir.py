@@ -7,8 +7,6 @@ StaticEmbedding) may sit at the root (``path: ""``) or in a subfolder such as ``
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 # module type names understood by sentence-transformers 3.x and 6.x alike
@@ -29,31 +27,11 @@ def module_dir(path: str | Path, name: str) -> Path | None:
     return None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_temp_dir(parent: Path, name: str) -> Path:
-    """A temporary sibling folder for an atomic save."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}-"))
-
-
-def fix_permissions(root: Path) -> None:
-    """Ordinary (umask) permissions for a saved tree: mkdtemp and safetensors create owner-only ones."""
-    mask = _umask()
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
 def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temporary file, then os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    """Write JSON atomically (negminer.fileio)."""
+    from negminer.fileio import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 def write_modules(path: Path, modules: list[tuple[str, str]], normalize: bool) -> None:
