@@ -23,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from negminer.fileio import atomic_write_text  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, provenance, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
 
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
@@ -64,20 +66,6 @@ def methods(p) -> list[tuple[str, dict]]:
         ("cache 1%, IVF top-4096", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01,
                                     "prefilter_top": 4096, "prefilter_nprobe": 32}),
     ]
-
-
-def reset_peak_rss() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def diagnosis_step(opts, p) -> int:
@@ -220,7 +208,7 @@ def order(r):
 
 
 def redraw(rows) -> int:
-    (RESULTS / "negatives.md").write_text(table(rows) + "\n")
+    atomic_write_text(RESULTS / "negatives.md", table(rows) + "\n")
     plot(rows, RESULTS / "negatives.png")
     print("\n" + table(rows))
     return 0

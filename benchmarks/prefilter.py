@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from negminer.fileio import atomic_write_text  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance, write_result  # noqa: E402
 
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
                                     f"--repeats {args.repeats}"})
             print(rows[-1], flush=True)
     write_result("prefilter", {"rows": rows, "dim": D, "queries": B, "negatives": K, "temperature": TAU})
-    (RESULTS / "prefilter.md").write_text(table(rows) + "\n")
+    atomic_write_text(RESULTS / "prefilter.md", table(rows) + "\n")
     print("\n" + table(rows))
     return 0
 

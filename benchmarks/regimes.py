@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from negminer.fileio import atomic_write_text  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, provenance, write_result  # noqa: E402
-from negatives import PRESETS, peak_rss_mb, reset_peak_rss  # noqa: E402
+from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
+from negatives import PRESETS  # noqa: E402
 
 METHODS = {
     "inbatch": {"negatives": "inbatch"},
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
         old = [r for r in json.loads(jf.read_text())["rows"] if key(r) not in done] if jf.exists() else []
         rows = old + rows
         write_result("regimes", {"rows": rows, "methods": METHODS, "presets": PRESETS})
-        (RESULTS / "regimes.md").write_text(table(rows) + "\n")
+        atomic_write_text(RESULTS / "regimes.md", table(rows) + "\n")
         print("\n" + table(rows))
     return 0
 

@@ -27,8 +27,11 @@ from pathlib import Path
 
 import torch
 
+from negminer.fileio import atomic_write_text  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, write_result  # noqa: E402
+from common import RESULTS, peak_rss_mb, write_result  # noqa: E402
+from common import reset_peak_rss as reset_peak  # noqa: E402
 
 try:
     from common import provenance  # noqa: E402
@@ -40,20 +43,6 @@ except ImportError:  # older common.py
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
         return {"commit": sha + ("-dirty" if dirty else ""), "command": " ".join(["python", *sys.argv])}
-
-
-def reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
 
 
 def make_store(n: int, d: int, dtype: str, device: str, seed: int = 0):
@@ -169,7 +158,7 @@ def main(argv=None) -> int:
         old = [r for r in json.loads(jf.read_text()).get("rows", []) if tuple(r[c] for c in key) not in done]
     rows = sorted(old + new, key=lambda r: (r["device"], r["dtype"], r["n"], r["mode"]))
     write_result("sampler_scale", {"rows": rows})
-    (RESULTS / "sampler_scale.md").write_text(table(rows) + "\n")
+    atomic_write_text(RESULTS / "sampler_scale.md", table(rows) + "\n")
     print("\n" + table(rows))
     return 0
 
