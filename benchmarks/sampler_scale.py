@@ -30,19 +30,8 @@ import torch
 from negminer.fileio import atomic_write_text  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, peak_rss_mb, write_result  # noqa: E402
+from common import RESULTS, peak_rss_mb, provenance, write_result  # noqa: E402
 from common import reset_peak_rss as reset_peak  # noqa: E402
-
-try:
-    from common import provenance  # noqa: E402
-except ImportError:  # older common.py
-    def provenance() -> dict:
-        import subprocess
-
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return {"commit": sha + ("-dirty" if dirty else ""), "command": " ".join(["python", *sys.argv])}
 
 
 def make_store(n: int, d: int, dtype: str, device: str, seed: int = 0):
@@ -112,7 +101,7 @@ def run_rows(n, d, dtype, device, modes, b, k, reps):
         matmul = time_best(bare, r, device)
         samp = time_best(sample, r, device)
         yield {"n": n, "d": d, "dtype": dtype, "compute_dtype": str(store.compute_dtype).replace("torch.", ""),
-               "device": str(store.scoring_device), "mode": mode, "b": b, "k": k,
+               "device": str(store.scoring_device), "threads": torch.get_num_threads(), "mode": mode, "b": b, "k": k,
                "sample_ms_per_step": round(samp, 2), "matmul_ms_per_step": round(matmul, 2),
                "ratio": round(samp / matmul, 3), "peak_rss_mb": peak_rss_mb(), "store_mb": round(store.nbytes / 2**20, 1),
                "chunk": GPU_CHUNK if store.scoring_device.type == "cuda" else CPU_CHUNK,

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -110,7 +111,7 @@ class TargetStore:
         return torch.float32 if (d == torch.float16 and self.scoring_device.type == "cpu") else d
 
     def _buffer(self, name, shape, dtype, device, pin=False) -> torch.Tensor:
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         buf = self._buf.get(name)
         if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
             buf = torch.empty(n, dtype=dtype, device=device)
