@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -204,7 +205,10 @@ def main(argv=None) -> int:
 
 
 def order(r):
-    return r["encoder"] != "static", r["encoder"], r["method"] != "zero-shot"
+    """Static rows first, then each preset's rows in the order of ``methods``."""
+    names = [re.sub(r" \(R=\d+\)", "", n) for n, _ in methods(PRESETS["static"])]
+    m = re.sub(r" \(R=\d+\)", "", r["method"])
+    return r["encoder"] != "static", r["encoder"], names.index(m) if m in names else len(names)
 
 
 def redraw(rows) -> int:
