@@ -28,7 +28,7 @@ SRC = Path(__file__).with_name("_topk_stream.c")
 _lib = None
 _tried = False
 _error = ""
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool): a forked child makes its own
+_pool: ThreadPoolExecutor | None = None
 MIN_SPLIT = 1 << 18  # elements per thread below which a split costs more than it saves
 
 
@@ -102,10 +102,10 @@ def _split(fn, n: int, work: int) -> None:
     if t == 1:
         fn(0, n)
         return
-    if _pool is None or _pool[0] != os.getpid() or _pool[1] < t - 1:
-        _pool = (os.getpid(), t - 1, ThreadPoolExecutor(t - 1, thread_name_prefix="negminer-kernel"))
+    if _pool is None or _pool._max_workers < t - 1:
+        _pool = ThreadPoolExecutor(t - 1, thread_name_prefix="negminer-kernel")
     cut = [n * i // t for i in range(t + 1)]
-    futs = [_pool[2].submit(fn, cut[i], cut[i + 1]) for i in range(1, t)]
+    futs = [_pool.submit(fn, cut[i], cut[i + 1]) for i in range(1, t)]
     fn(cut[0], cut[1])
     for f in futs:
         f.result()
