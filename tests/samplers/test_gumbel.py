@@ -163,22 +163,3 @@ def test_kernel_noise_is_gumbel_and_a_function_of_the_seed():
     assert abs(float(x.mean()) - 0.5772) < 0.01 and abs(float(x.var()) - math.pi**2 / 6) < 0.02
     same = [kernel.gumbel(1000, torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(*same) and not torch.equal(same[0], kernel.gumbel(1000, torch.Generator().manual_seed(4)))
-
-
-@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
-def test_kernel_split_over_threads_gives_the_same_draws_and_noise(monkeypatch):
-    scores = torch.randn(64, 9000, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
-
-    def run():
-        acc = TopKStream(64, 8, torch.Generator().manual_seed(11))
-        acc.pass_noise(0, 9000)
-        for s in range(0, 9000, 4096):
-            acc.add(scores[:, s:s + 4096].clone(), s, 20.0)
-        return (*acc.result(), kernel.gumbel(300_001, torch.Generator().manual_seed(12)))
-
-    monkeypatch.setattr(kernel, "MIN_SPLIT", 1)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # three uneven parts
-    a = run()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    b = run()
-    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -97,9 +97,9 @@ static inline float log_pos(float x) {
     return m + y + 0.693359375f * (float)e;
 }
 
-void gumbel_fill(float *out, int64_t i0, int64_t n, uint64_t seed) { /* out[i] = value at position i0 + i */
+void gumbel_fill(float *out, int64_t n, uint64_t seed) {
     for (int64_t i = 0; i < n; i++) {
-        uint64_t z = seed + (uint64_t)(i0 + i + 1) * 0x9E3779B97F4A7C15ull;
+        uint64_t z = seed + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         z ^= z >> 31;

@@ -4,8 +4,7 @@ Why C: on a CPU with bf16 matrix units the score matmul at d = 128 costs less th
 torch passes over its [B, c] output (a mixed-dtype add and a topk), or than torch's CPU generator
 drawing one uniform per target, so the sampler could not stay within 1.5x of the bare matmul. The
 kernel reads the scores once, and draws the Gumbel noise with a vectorised counter-based generator. It has no dependency (plain C,
-loaded with ctypes, about a second to build; ctypes releases the GIL, so a call is split by rows over
-``torch.get_num_threads()`` threads, as torch splits the matmul), is cached per source, compiler and CPU under
+loaded with ctypes, about a second to build), is cached per source, compiler and CPU under
 ``$NEGMINER_CACHE/kernels`` (default ``~/.cache/negminer``), and where no compiler works, or with
 ``NEGMINER_KERNEL=0``, the samplers use the equivalent torch ops (tests run both).
 """
@@ -19,7 +18,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,8 +26,6 @@ SRC = Path(__file__).with_name("_topk_stream.c")
 _lib = None
 _tried = False
 _error = ""
-_pool: ThreadPoolExecutor | None = None
-MIN_SPLIT = 1 << 18  # elements per thread below which a split costs more than it saves
 
 
 def _cpu_flags() -> str:
@@ -68,7 +64,7 @@ def _build() -> ctypes.CDLL:
         fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, f32, i64, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
     lib.funcs = {torch.bfloat16: lib.topk_stream_bf16, torch.float32: lib.topk_stream_f32}
-    lib.gumbel_fill.argtypes = [ptr, i64, i64, ctypes.c_uint64]
+    lib.gumbel_fill.argtypes = [ptr, i64, ctypes.c_uint64]
     lib.gumbel_fill.restype = None
     return lib
 
@@ -93,24 +89,6 @@ def status() -> str:
     return "compiled" if get() is not None else f"torch fallback ({_error or 'disabled'})"
 
 
-def _split(fn, n: int, work: int) -> None:
-    """fn(lo, hi) over 0..n-1 in up to torch.get_num_threads() contiguous parts, in parallel when
-    ``work`` (elements) is large enough; the parts are independent, so the result does not depend on
-    the split."""
-    global _pool
-    t = max(1, min(torch.get_num_threads(), n, work // MIN_SPLIT))
-    if t == 1:
-        fn(0, n)
-        return
-    if _pool is None or _pool._max_workers < t - 1:
-        _pool = ThreadPoolExecutor(t - 1, thread_name_prefix="negminer-kernel")
-    cut = [n * i // t for i in range(t + 1)]
-    futs = [_pool.submit(fn, cut[i], cut[i + 1]) for i in range(1, t)]
-    fn(cut[0], cut[1])
-    for f in futs:
-        f.result()
-
-
 def topk_chunk(scores: torch.Tensor, noise: torch.Tensor, stride: int, scale: float, start: int,
                keys: torch.Tensor, pos: torch.Tensor, logits: torch.Tensor) -> bool:
     """Fold one chunk into the running lists in place; False if the kernel cannot take these tensors."""
@@ -121,9 +99,8 @@ def topk_chunk(scores: torch.Tensor, noise: torch.Tensor, stride: int, scale: fl
         return False
     b, c = scores.shape
     fn = lib.funcs[scores.dtype]
-    args = (c, scores.stride(0), noise.data_ptr(), stride, scale, start, keys.shape[1],
-            keys.data_ptr(), pos.data_ptr(), logits.data_ptr())
-    _split(lambda lo, hi: fn(scores.data_ptr(), lo, hi, *args), b, b * c)
+    fn(scores.data_ptr(), 0, b, c, scores.stride(0), noise.data_ptr(), stride, scale, start, keys.shape[1],
+       keys.data_ptr(), pos.data_ptr(), logits.data_ptr())
     return True
 
 
@@ -135,6 +112,5 @@ def gumbel(n: int, generator: torch.Generator) -> torch.Tensor | None:
         return None
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     out = torch.empty(n)
-    ptr, size = out.data_ptr(), out.element_size()
-    _split(lambda lo, hi: lib.gumbel_fill(ptr + lo * size, lo, hi - lo, seed), n, 4 * n)  # a value costs about 4 score reads
+    lib.gumbel_fill(out.data_ptr(), n, seed)
     return out
