@@ -140,17 +140,31 @@ def test_masked_entries_never_drawn_and_short_rows_masked_per_row():
 def test_kernel_and_torch_ops_give_the_same_draws(monkeypatch, dtype):
     scores = torch.randn(16, 1000, generator=torch.Generator().manual_seed(8)).to(dtype)
 
+    g = torch.Generator().manual_seed(10)
+    # excluded (query, position) pairs, by position: each query's best score (else surely drawn) and some others
+    q = torch.cat([torch.arange(16), torch.randint(16, (24,), generator=g)])
+    p = torch.cat([scores.float().argmax(1), torch.randint(1000, (24,), generator=g)])
+    o = p.argsort()
+    excl, ex = (q[o], p[o]), p[o]
+    wp = torch.randint(1000, (30,), generator=g).sort().values  # watched pairs
+    watch = (torch.randint(16, (30,), generator=g), wp)
+
     def run():
-        acc = TopKStream(16, 6, torch.Generator().manual_seed(9), stride=5)
+        acc = TopKStream(16, 6, torch.Generator().manual_seed(9), stride=5, watch=watch)
         for s in range(0, 1000, 300):
-            acc.add(scores[:, s:s + 300].clone(), s, 20.0)
-        return acc.result()
+            acc.watch_span = torch.searchsorted(wp, torch.tensor([s, s + 300])).tolist()
+            lo, hi = torch.searchsorted(ex, torch.tensor([s, s + 300])).tolist()
+            acc.add(scores[:, s:s + 300].clone(), s, 20.0, pairs=(excl[0][lo:hi], excl[1][lo:hi]))
+        return (*acc.result(), acc.watched)
 
     monkeypatch.setattr(kernel, "gumbel", lambda n, g: None)  # the same (torch) noise for both top-k paths
     a = run()
+    drawn = {(q, int(p)) for q in range(16) for p in a[0][q]}
+    assert not drawn & set(zip(excl[0].tolist(), excl[1].tolist()))  # excluded pairs never drawn
+    assert torch.equal(a[3], scores[watch[0], watch[1]].float() * 20.0)
     monkeypatch.setattr(kernel, "get", lambda: None)
     b = run()
-    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.allclose(a[1], b[1])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and torch.allclose(a[1], b[1]) and torch.equal(a[3], b[3])
 
 
 @pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")

@@ -107,6 +107,22 @@ void topk_stream_f32(const float *s, int64_t b0, int64_t b1, int64_t c, int64_t 
     ROW_LOOP(LOAD_F32, hit_f32)
 }
 
+/* Before a chunk's top-k: out[i] = scale * s[wq[i], wp[i] - start] for the watched (query, position)
+ * pairs, then the excluded pairs' scores set to -inf (what the torch path does with two indexings). */
+#define MARK(LOAD, NEGINF)                                                                 \
+    for (int64_t i = 0; i < nw; i++) out[i] = scale * LOAD(wq[i], wp[i] - start);          \
+    for (int64_t i = 0; i < nx; i++) s[xq[i] * ld + xp[i] - start] = NEGINF;
+
+void mark_bf16(uint16_t *s, int64_t ld, int64_t start, float scale, const int64_t *wq, const int64_t *wp,
+               int64_t nw, float *out, const int64_t *xq, const int64_t *xp, int64_t nx) {
+    MARK(LOAD_BF16, (uint16_t)0xFF80u)
+}
+
+void mark_f32(float *s, int64_t ld, int64_t start, float scale, const int64_t *wq, const int64_t *wp,
+              int64_t nw, float *out, const int64_t *xq, const int64_t *xp, int64_t nx) {
+    MARK(LOAD_F32, -INFINITY)
+}
+
 /* Gumbel(0, 1) noise, out[i] = -log(-log(u_i)), u_i = (h(seed, i) + 1/2) / 2^24 with h the top 24 bits of
  * splitmix64 (a counter-based generator: a pure function of seed and position, so a resumed run draws the
  * same values) and a branch-free single-precision log (Cephes logf, relative error ~1e-7) so that the loop

@@ -154,13 +154,17 @@ class TopKStream(_Stream):
         """``scores`` [B, c] for candidate positions start..start+c-1 (a scratch buffer: excluded
         entries are overwritten with -inf); ``pairs`` (query, position) and ``dense`` [B, c] mark
         exclusions; ``over`` [B]: scores above it are dropped (the margin)."""
-        self._common(scores, start, pairs, dense, over, scale)
         c = scores.shape[1]
         flat, stride = self._noise(start, c)
         if kernel.get() is not None and scores.device.type == "cpu":
-            self._mask(scores, start, pairs, dense, over, scores)
+            plain = not self.log_z and dense is None and over is None
+            if not (plain and self._kernel_mark(scores, start, scale, pairs)):  # else watched + exclusions in C
+                self._common(scores, start, pairs, dense, over, scale)
+                self._mask(scores, start, pairs, dense, over, scores)
             if kernel.topk_chunk(scores, flat, stride, scale, start, self.keys, self.pos, self.logits):
                 return
+        else:
+            self._common(scores, start, pairs, dense, over, scale)
         keys = torch.add(flat.as_strided((self.b, c), (stride, 1)), scores, alpha=scale, out=self.buffer("keys", c))
         self._mask(keys, start, pairs, dense, over, scores)
         hit = (keys.amax(1) > self.keys[:, -1]).nonzero().squeeze(1)
@@ -175,6 +179,16 @@ class TopKStream(_Stream):
         self.keys[hit] = best
         self.logits[hit] = torch.cat([self.logits[hit], lg], 1).gather(1, o)
         self.pos[hit] = torch.cat([self.pos[hit], j + start], 1).gather(1, o)
+
+    def _kernel_mark(self, scores, start, scale, pairs) -> bool:
+        none = torch.zeros(0, dtype=torch.long)
+        wq = wp = out = none
+        if self.watch is not None:
+            lo, hi = self.watch_span if self.watch_span is not None else torch.searchsorted(
+                self.watch[1], torch.tensor([start, start + scores.shape[1]])).tolist()
+            wq, wp, out = self.watch[0][lo:hi], self.watch[1][lo:hi], self.watched[lo:hi]
+        xq, xp = pairs if pairs is not None else (none, none)
+        return kernel.mark(scores, start, scale, wq, wp, out if len(wq) else torch.zeros(0), xq, xp)
 
     @property
     def kappa(self) -> torch.Tensor:

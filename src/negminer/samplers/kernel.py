@@ -64,6 +64,11 @@ def _build() -> ctypes.CDLL:
         fn.argtypes = [ptr, i64, i64, i64, i64, ptr, i64, f32, i64, ctypes.c_int, ptr, ptr, ptr]
         fn.restype = None
     lib.funcs = {torch.bfloat16: lib.topk_stream_bf16, torch.float32: lib.topk_stream_f32}
+    for name in ("mark_bf16", "mark_f32"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ptr, i64, i64, f32, ptr, ptr, i64, ptr, ptr, ptr, i64]
+        fn.restype = None
+    lib.marks = {torch.bfloat16: lib.mark_bf16, torch.float32: lib.mark_f32}
     lib.gumbel_fill.argtypes = [ptr, i64, ctypes.c_uint64]
     lib.gumbel_fill.restype = None
     return lib
@@ -101,6 +106,22 @@ def topk_chunk(scores: torch.Tensor, noise: torch.Tensor, stride: int, scale: fl
     fn = lib.funcs[scores.dtype]
     fn(scores.data_ptr(), 0, b, c, scores.stride(0), noise.data_ptr(), stride, scale, start, keys.shape[1],
        keys.data_ptr(), pos.data_ptr(), logits.data_ptr())
+    return True
+
+
+def mark(scores: torch.Tensor, start: int, scale: float, watch_q: torch.Tensor, watch_p: torch.Tensor,
+         out: torch.Tensor, excl_q: torch.Tensor, excl_p: torch.Tensor) -> bool:
+    """out[i] = scale * scores[watch_q[i], watch_p[i] - start], then scores at the excluded pairs = -inf
+    (in place); False if the kernel cannot take these tensors."""
+    lib = get()
+    if lib is None or scores.device.type != "cpu" or scores.dtype not in (torch.bfloat16, torch.float32):
+        return False
+    ts = (watch_q, watch_p, excl_q, excl_p)
+    if scores.stride(1) != 1 or out.dtype != torch.float32 or not out.is_contiguous() or not all(
+            t.dtype == torch.long and t.is_contiguous() for t in ts):
+        return False
+    lib.marks[scores.dtype](scores.data_ptr(), scores.stride(0), start, scale, watch_q.data_ptr(), watch_p.data_ptr(),
+                            len(watch_q), out.data_ptr(), excl_q.data_ptr(), excl_p.data_ptr(), len(excl_q))
     return True
 
 
