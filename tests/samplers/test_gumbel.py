@@ -177,3 +177,25 @@ def test_kernel_noise_is_gumbel_and_a_function_of_the_seed():
     assert abs(float(x.mean()) - 0.5772) < 0.01 and abs(float(x.var()) - math.pi**2 / 6) < 0.02
     same = [kernel.gumbel(1000, torch.Generator().manual_seed(3)) for _ in range(2)]
     assert torch.equal(*same) and not torch.equal(same[0], kernel.gumbel(1000, torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+def test_kernel_gives_the_same_draws_and_noise_on_any_number_of_threads():
+    scores = torch.randn(64, 9000, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
+
+    def run():  # 64 x 4,096 per chunk and 300,001 noise values: large enough to be split over threads
+        acc = TopKStream(64, 8, torch.Generator().manual_seed(11))
+        acc.pass_noise(0, 9000)
+        for s in range(0, 9000, 4096):
+            acc.add(scores[:, s:s + 4096].clone(), s, 20.0)
+        return (*acc.result(), kernel.gumbel(300_001, torch.Generator().manual_seed(12)))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # uneven parts
+        a = run()
+        torch.set_num_threads(1)
+        b = run()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -6,13 +6,15 @@
  * are tested first (AVX-512 vector compares where the CPU has them), so most of the chunk costs a
  * load, an fma and a compare per 16 keys.
  * Scores are bf16 (raw uint16 bits) or fp32, row-major with leading dimension ld; -inf and NaN
- * scores are never inserted. Built by samplers/kernel.py with the system C compiler.
+ * scores are never inserted. Rows are independent, so with OpenMP they are split over threads (the
+ * result does not depend on the split). Built by samplers/kernel.py with the system C compiler.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BLK 64
+#define PAR_MIN (1 << 18) /* elements below which a parallel region costs more than it saves */
 
 static inline float bf16(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -69,6 +71,7 @@ static inline int hit_f32(const float *s, const float *g, float scale, float thr
 #endif
 
 #define ROW_LOOP(LOAD, HIT)                                                                \
+    _Pragma("omp parallel for schedule(static) if ((b1 - b0) * c >= PAR_MIN)")             \
     for (int64_t b = b0; b < b1; b++) {                                                    \
         const float *g = noise + b * stride;                                               \
         float *kk = keys + b * K, *ll = lg + b * K;                                        \
@@ -147,6 +150,7 @@ static inline float log_pos(float x) {
 }
 
 void gumbel_fill(float *out, int64_t n, uint64_t seed) {
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN / 4)
     for (int64_t i = 0; i < n; i++) {
         uint64_t z = seed + (uint64_t)(i + 1) * 0x9E3779B97F4A7C15ull;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

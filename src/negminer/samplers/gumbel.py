@@ -44,6 +44,7 @@ import torch
 from negminer.samplers import kernel
 
 NEG_INF = -math.inf
+_NO_ROWS, _NO_VALUES = torch.zeros(0, dtype=torch.long), torch.zeros(0)  # empty kernel arguments, made once
 
 
 def gumbel_noise(shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -53,9 +54,10 @@ def gumbel_noise(shape, generator: torch.Generator | None = None, device=None) -
 
 
 def log_inclusion(logits: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(-exp(l - kappa))), stable; kappa [B] (-inf: everything is drawn, log pi = 0)."""
-    d = logits - kappa.unsqueeze(-1)
-    d = torch.where(torch.isnan(d), torch.full_like(d, NEG_INF), d)  # -inf - -inf: not a candidate
+    """log(1 - exp(-exp(l - kappa))), stable; kappa [B], or one per logit (-inf: everything is drawn,
+    log pi = 0)."""
+    d = logits - (kappa.unsqueeze(-1) if kappa.dim() < logits.dim() else kappa)
+    d.masked_fill_(torch.isnan(d), NEG_INF)  # -inf - -inf: not a candidate
     exact = torch.log(-torch.expm1(-torch.exp(d.clamp(max=50.0))))
     return torch.where(d < -20.0, d, exact)
 
@@ -181,14 +183,14 @@ class TopKStream(_Stream):
         self.pos[hit] = torch.cat([self.pos[hit], j + start], 1).gather(1, o)
 
     def _kernel_mark(self, scores, start, scale, pairs) -> bool:
-        none = torch.zeros(0, dtype=torch.long)
+        none = _NO_ROWS
         wq = wp = out = none
         if self.watch is not None:
             lo, hi = self.watch_span if self.watch_span is not None else torch.searchsorted(
                 self.watch[1], torch.tensor([start, start + scores.shape[1]])).tolist()
             wq, wp, out = self.watch[0][lo:hi], self.watch[1][lo:hi], self.watched[lo:hi]
         xq, xp = pairs if pairs is not None else (none, none)
-        return kernel.mark(scores, start, scale, wq, wp, out if len(wq) else torch.zeros(0), xq, xp)
+        return kernel.mark(scores, start, scale, wq, wp, out if len(wq) else _NO_VALUES, xq, xp)
 
     @property
     def kappa(self) -> torch.Tensor:
@@ -207,7 +209,7 @@ class TopKStream(_Stream):
         drawn iff its key beats tau_j, the k-th largest key among the others: kappa if j was drawn,
         the k-th key overall if not. (Using kappa for both biases a mixture with other pools.)"""
         kth = self.keys[:, -2] if self.k else self.kappa
-        return torch.where(drawn, log_inclusion(logits, self.kappa), log_inclusion(logits, kth))
+        return log_inclusion(logits, torch.where(drawn, self.kappa.unsqueeze(1), kth.unsqueeze(1)))
 
 
 class ReplacementStream(_Stream):

@@ -4,7 +4,8 @@ Why C: on a CPU with bf16 matrix units the score matmul at d = 128 costs less th
 torch passes over its [B, c] output (a mixed-dtype add and a topk), or than torch's CPU generator
 drawing one uniform per target, so the sampler could not stay within 1.5x of the bare matmul. The
 kernel reads the scores once, and draws the Gumbel noise with a vectorised counter-based generator. It has no dependency (plain C,
-loaded with ctypes, about a second to build), is cached per source, compiler and CPU under
+loaded with ctypes, about a second to build; on Linux it uses torch's own OpenMP threads, see
+``_torch_gomp``), is cached per source, compiler and CPU under
 ``$NEGMINER_CACHE/kernels`` (default ``~/.cache/negminer``), and where no compiler works, or with
 ``NEGMINER_KERNEL=0``, the samplers use the equivalent torch ops (tests run both).
 """
@@ -38,11 +39,18 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+def _torch_gomp() -> bool:
+    """Whether torch runs on GNU OpenMP here (Linux wheels): then a kernel built with -fopenmp binds to
+    the libgomp.so.1 torch has loaded, one runtime and one thread pool, whose threads are still
+    spinning from the last matmul. (Python threads, or a second OpenMP runtime, fight those threads
+    for the cores instead: tried, slower than one thread.)"""
+    try:
+        return any("libgomp" in line for line in Path("/proc/self/maps").read_text().splitlines())
+    except OSError:
+        return False
+
+
+def _compile(cc: str, flags: list[str]) -> Path:
     key = hashlib.sha256("\0".join([SRC.read_text(), cc, *flags, _cpu_flags(), platform.machine()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("NEGMINER_CACHE", Path.home() / ".cache" / "negminer")) / "kernels"
     out = cache / f"topk_stream-{key}.so"
@@ -57,7 +65,23 @@ def _build() -> ctypes.CDLL:
             os.replace(tmp, out)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    lib = ctypes.CDLL(str(out))
+    return out
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    base = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+    err = ""
+    for flags in ([*base, "-fopenmp"], base) if _torch_gomp() else (base,):
+        try:
+            lib = ctypes.CDLL(str(_compile(cc, flags)))
+            break
+        except (RuntimeError, OSError) as e:
+            err = str(e)
+    else:
+        raise RuntimeError(err)
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     for name in ("topk_stream_bf16", "topk_stream_f32"):
         fn = getattr(lib, name)
