@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from negminer.fileio import atomic_write_text  # noqa: E402
+from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from negminer.fileio import atomic_write_text  # noqa: E402
+from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, provenance, write_result  # noqa: E402

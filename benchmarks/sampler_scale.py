@@ -27,11 +27,10 @@ from pathlib import Path
 
 import torch
 
-from negminer.fileio import atomic_write_text  # noqa: E402
+from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, peak_rss_mb, provenance, write_result  # noqa: E402
-from common import reset_peak_rss as reset_peak  # noqa: E402
+from common import RESULTS, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
 
 
 def make_store(n: int, d: int, dtype: str, device: str, seed: int = 0):
@@ -89,7 +88,7 @@ def run_rows(n, d, dtype, device, modes, b, k, reps):
             pass
 
     for mode in modes:
-        reset_peak()  # the sampling phase, with the store resident
+        reset_peak_rss()  # the sampling phase, with the store resident
         s = CacheSampler(k, replacement=mode == "replacement")
         s.rows, s.full = torch.arange(n), True
         s.want_log_z = mode == "log_z"

@@ -32,6 +32,7 @@ from torch import nn
 
 from negminer.encoders import stdir
 from negminer.errors import ConfigError
+from negminer.fileio import atomic_dir, atomic_write_json
 
 MIN_SCALE, MAX_SCALE = 1.0 / 100.0, 100.0  # a learned 1 / tau is clamped to this range (CLIP: max 100)
 
@@ -166,15 +167,13 @@ class DualEncoder(nn.Module):
 
     def save(self, path) -> None:
         """Build in a temporary sibling folder, then rename it into place (replacing an older save)."""
-        from negminer.fileio import atomic_dir
-
         with atomic_dir(path) as tmp:
             if self.shared:
                 self.target_tower.save(tmp, self.target_max_length, self.normalize)
             else:
                 self.query_tower.save(tmp / "query", self.query_max_length, self.normalize)
                 self.target_tower.save(tmp / "target", self.target_max_length, self.normalize)
-            stdir.write_json(tmp / "negminer.json", self.settings())
+            atomic_write_json(tmp / "negminer.json", self.settings())
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "DualEncoder":

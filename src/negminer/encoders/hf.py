@@ -12,6 +12,7 @@ from torch import nn
 
 from negminer.encoders import stdir
 from negminer.encoders.quiet import quiet_transformers
+from negminer.fileio import atomic_write_json
 
 
 class HFTower(nn.Module):
@@ -65,9 +66,9 @@ class HFTower(nn.Module):
         with quiet_transformers():
             self.model.save_pretrained(str(path))  # safetensors (the default)
             self.tokenizer.save_pretrained(str(path))
-        stdir.write_json(path / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+        atomic_write_json(path / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
         stdir.write_modules(path, [("", stdir.TRANSFORMER), ("1_Pooling", stdir.POOLING)], normalize)
-        stdir.write_json(path / "1_Pooling" / "config.json", {
+        atomic_write_json(path / "1_Pooling" / "config.json", {
             "word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
             "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False})

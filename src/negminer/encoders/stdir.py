@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from negminer.fileio import atomic_write_json
+
 # module type names understood by sentence-transformers 3.x and 6.x alike
 TRANSFORMER = "sentence_transformers.models.Transformer"
 STATIC = "sentence_transformers.models.StaticEmbedding"
@@ -27,20 +29,13 @@ def module_dir(path: str | Path, name: str) -> Path | None:
     return None
 
 
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (negminer.fileio)."""
-    from negminer.fileio import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
 def write_modules(path: Path, modules: list[tuple[str, str]], normalize: bool) -> None:
     """modules.json for [(folder, type), ...] (+ Normalize) and config_sentence_transformers.json."""
     if normalize:
         modules = modules + [(f"{len(modules)}_Normalize", NORMALIZE)]
     for folder, _ in modules:
         (path / folder).mkdir(parents=True, exist_ok=True)
-    write_json(path / "modules.json", [{"idx": i, "name": str(i), "path": folder, "type": kind}
+    atomic_write_json(path / "modules.json", [{"idx": i, "name": str(i), "path": folder, "type": kind}
                                        for i, (folder, kind) in enumerate(modules)])
-    write_json(path / "config_sentence_transformers.json",
+    atomic_write_json(path / "config_sentence_transformers.json",
                {"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine" if normalize else "dot"})

@@ -104,6 +104,12 @@ class _Stream:
             x.masked_fill_(scores > over.unsqueeze(1), NEG_INF)
         return x
 
+    def _watch_span(self, start: int, c: int) -> tuple[int, int]:
+        """(lo, hi): the watched pairs of candidates start..start+c-1."""
+        if self.watch_span is not None:
+            return self.watch_span
+        return tuple(torch.searchsorted(self.watch[1], torch.tensor([start, start + c], device=self.watch[1].device)).tolist())
+
     def _common(self, scores, start, pairs, dense, over, scale, skip=None):
         for s, acc in self.log_z.items():
             if s != skip:
@@ -111,8 +117,7 @@ class _Stream:
                 lz = self._mask(x, start, pairs, dense, over, scores).logsumexp(1)
                 torch.logaddexp(acc, lz, out=acc)
         if self.watch is not None:
-            lo, hi = self.watch_span if self.watch_span is not None else torch.searchsorted(
-                self.watch[1], torch.tensor([start, start + scores.shape[1]], device=self.watch[1].device)).tolist()
+            lo, hi = self._watch_span(start, scores.shape[1])
             if hi > lo:
                 qi, pos = self.watch[0][lo:hi], self.watch[1][lo:hi] - start
                 v = scores[qi, pos].float() * scale
@@ -183,14 +188,12 @@ class TopKStream(_Stream):
         self.pos[hit] = torch.cat([self.pos[hit], j + start], 1).gather(1, o)
 
     def _kernel_mark(self, scores, start, scale, pairs) -> bool:
-        none = _NO_ROWS
-        wq = wp = out = none
+        wq, wp, out = _NO_ROWS, _NO_ROWS, _NO_VALUES
         if self.watch is not None:
-            lo, hi = self.watch_span if self.watch_span is not None else torch.searchsorted(
-                self.watch[1], torch.tensor([start, start + scores.shape[1]])).tolist()
+            lo, hi = self._watch_span(start, scores.shape[1])
             wq, wp, out = self.watch[0][lo:hi], self.watch[1][lo:hi], self.watched[lo:hi]
-        xq, xp = pairs if pairs is not None else (none, none)
-        return kernel.mark(scores, start, scale, wq, wp, out if len(wq) else _NO_VALUES, xq, xp)
+        xq, xp = pairs if pairs is not None else (_NO_ROWS, _NO_ROWS)
+        return kernel.mark(scores, start, scale, wq, wp, out, xq, xp)
 
     @property
     def kappa(self) -> torch.Tensor:
