@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--model", default=None, help="model directory (default: --encoder)")
     dg.add_argument("--batches", type=int, default=4, help="batches of queries to average over")
     dg.set_defaults(func=cmd_diagnose)
+    cp = sub.add_parser("compare", help="paired test of runs on the same queries (per-query metrics)")
+    cp.add_argument("runs", nargs="+", help="RUN_DIR (or per_query.jsonl); seeds of one setup joined by commas; "
+                    "the first is the baseline")
+    cp.add_argument("--metric", action="append", help="metric(s) to compare (default: all)")
+    cp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    cp.set_defaults(func=cmd_compare)
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a dataset and print its statistics")
@@ -121,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the statistics as JSON")
     c.set_defaults(func=cmd_data_check)
     return p
+
+
+def cmd_compare(args) -> int:
+    from negminer.eval.compare import METRICS, compare, format_rows
+
+    bad = [m for m in args.metric or [] if m not in METRICS]
+    if bad:
+        raise ConfigError(f"unknown --metric {bad[0]!r}; choose from {', '.join(METRICS)}")
+    rows = compare(args.runs, tuple(args.metric or METRICS))
+    print(json.dumps(rows, indent=2) if args.json else format_rows(rows))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,13 @@ class TrainConfig:
     temperature: float = field(default=0.05, metadata={"help": "softmax temperature tau (score / tau)"})
     learn_temperature: bool = field(default=False, metadata={"help": "learn tau (log-parametrised)"})
     negatives: str = field(default="inbatch", metadata={"help": "negative sampler"})
+    negative_grad: str = field(default="target", metadata={"help": "drawn negatives: target (re-encoded with "
+                               "gradient) | none (the store's cached embeddings: no target-tower work, gradient to "
+                               "the query tower only, as in XBM / MoCo)"})
+    share_negatives: bool = field(default=False, metadata={"help": "every query also scores the other queries' "
+                                  "drawn negatives (B x k for the encoding cost of k), mixture-corrected"})
+    mined_file: str = field(default="", metadata={"help": "mined: JSONL of negatives per query (negminer mine; "
+                            "default: the data's own negative lists)"})
     loss: str = field(default="softmax", metadata={"help": "softmax | cache-surrogate"})
     num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
     replacement: bool = field(default=False, metadata={"help": "draw negatives with replacement (the cache surrogate always does)"})
@@ -48,11 +55,15 @@ class TrainConfig:
     dedupe_text: bool = field(default=True, metadata={"help": "mask targets whose text equals a positive's"})
     diagnose_every: int = field(default=0, metadata={"help": "log sampler diagnostics every N steps"})
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use --epochs)"})
+    time_budget: float = field(default=0.0, metadata={"help": "stop training after this many seconds of training "
+                               "(evaluation not counted; resume counts the time spent); 0: no limit"})
+    schedule: str = field(default="linear", metadata={"help": "learning rate after warm-up: linear (decay to 0 at "
+                          "the last step) | constant (for --time-budget runs)"})
     epochs: float = field(default=1.0, metadata={"help": "epochs over the training queries when --steps is 0"})
     batch_size: int = 32
     lr: float = 2e-5
     weight_decay: float = 0.01
-    warmup: float = field(default=0.1, metadata={"help": "warm-up, as a fraction of the steps"})
+    warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of the steps if < 1, else steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
     on_nan: str = field(default="stop", metadata={"help": "a non-finite loss or gradient: stop (exit 3, last checkpoint kept) | skip the step"})
     seed: int = 42
@@ -153,7 +164,21 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.lr > 0, "lr must be positive"),
         (cfg.temperature > 0, "temperature must be positive"),
         (cfg.steps >= 0 and cfg.epochs > 0, "steps must be >= 0 and epochs > 0"),
-        (0 <= cfg.warmup < 1, "warmup is a fraction in [0, 1)"),
+        (cfg.warmup >= 0 and (cfg.warmup < 1 or float(cfg.warmup).is_integer()),
+         "warmup is a fraction in [0, 1) or a whole number of steps"),
+        (cfg.time_budget >= 0, "time_budget must be >= 0 seconds"),
+        (cfg.schedule in ("linear", "constant"), "schedule must be linear or constant"),
+        (cfg.negative_grad in ("target", "none"), "negative_grad must be target or none"),
+        (cfg.negative_grad == "target" or cfg.negatives in ("cache", "cache-stream", "exact", "ance"),
+         "--negative-grad none reads the drawn negatives from the store: it needs --negatives cache, cache-stream, "
+         "exact or ance"),
+        (not cfg.share_negatives or cfg.loss == "softmax", "--share-negatives needs --loss softmax"),
+        (not cfg.share_negatives or cfg.prefilter_top == 0,
+         "--share-negatives cannot correct --prefilter-top draws (per-query candidate lists)"),
+        (not cfg.share_negatives or cfg.negatives != "inbatch", "--share-negatives needs a sampler that draws negatives"),
+        (not cfg.mined_file or cfg.negatives == "mined", "--mined-file needs --negatives mined"),
+        (cfg.margin is None or cfg.negatives != "mined",
+         "--margin needs scores: mined lists have none (pass --margin to negminer mine instead)"),
         (cfg.query_max_length > 0 and cfg.target_max_length > 0, "max lengths must be positive"),
         (cfg.pooling in ("mean", "cls"), "pooling must be mean or cls"),
         (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device: auto, cpu or cuda"),

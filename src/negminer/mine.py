@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from negminer.fileio import atomic_write_text
+from negminer.fileio import atomic_write_json, atomic_write_text
 from negminer.samplers.exclusions import Exclusions
 from negminer.train.duplicates import duplicate_groups
 
@@ -62,6 +63,7 @@ def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, ski
     model = build_encoder(str(model_dir))
     texts = ds.target_inputs()
     lines, n = [], 0
+    t0 = time.perf_counter()
     for qid, pos_rows, negs in mine(model, ds, split, top_k, margin, skip, progress=not quiet):
         qtext = ds.query_texts[ds.query_index[qid]]
         if fmt == "flag":
@@ -76,6 +78,11 @@ def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, ski
                 lines.append(json.dumps(row) + "\n")
         n += 1
     atomic_write_text(Path(out), "".join(lines))
+    seconds = time.perf_counter() - t0  # encoding, search and writing; not loading the model or data
+    atomic_write_json(Path(f"{out}.meta.json"), {"model": str(model_dir), "data": str(data), "split": split,
+                                                 "top_k": top_k, "margin": margin, "skip": skip, "format": fmt,
+                                                 "queries": n, "seconds": round(seconds, 3)})
     if not quiet:
-        print(f"mined {top_k} negatives for {n} queries of {ds.name}/{split} -> {out}", file=sys.stderr)
+        print(f"mined {top_k} negatives for {n} queries of {ds.name}/{split} in {seconds:.1f} s -> {out} "
+              f"(+ {Path(out).name}.meta.json)", file=sys.stderr)
     return 0

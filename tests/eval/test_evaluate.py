@@ -70,7 +70,7 @@ def test_evaluate_encodes_the_right_texts_and_ranks_exactly(tmp_path):
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert list(saved) == list(METRIC_KEYS) and saved == dict(m)
     assert m == pytest.approx(compute_metrics(run, ds.qrels["test"]))
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["metrics.json", "run.trec"]
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["metrics.json", "per_query.jsonl", "run.trec"]
 
 
 def test_oracle_model_scores_one():

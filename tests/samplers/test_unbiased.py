@@ -110,3 +110,57 @@ def test_mixture_gradient_is_unbiased():
     _, g, _, g_star = mixture_run("mixture", k=16, b=16)
     t = float(((g.mean(0) - g_star) ** 2).sum() / (g.var(0).sum() / len(g)))
     assert t < 4.0, t
+
+
+# ---- shared negatives: every query scores every query's draws -------------------------------
+
+def shared_run(mode, k=4, b=8, replacement=False, inbatch=True, scale=20.0, reps=2000, seed=0, n=120):
+    """As mixture_run, with --share-negatives: query 0's pool is the batch's positives and all B x k
+    draws. mode 'shared': one correction per candidate (sum of every query's pi); 'owner': each draw
+    corrected by its own query's pi only (the naive pooling)."""
+    E = unit(300, D, seed)
+    g = torch.Generator().manual_seed(seed + 5)
+    popular = torch.multinomial(torch.linspace(3, 0.1, 100), n, replacement=True, generator=g)
+    pos_lists = [[int(p)] for p in popular]
+    batcher = RandomBatcher(n, b, 0, pos_lists, 300)
+    Q = unit(n, D, seed + 1)
+    store, _ = make_store(E)
+    s, loss = CacheSampler(k, replacement=replacement), SoftmaxLoss()
+    s.rows, s.full = torch.arange(300), True
+    rng = np.random.default_rng(seed)
+    zs, grads = [], []
+    for r in range(reps):
+        idx = np.concatenate([[0], rng.choice(np.arange(1, n), b - 1, replace=False)])
+        pos = torch.tensor([pos_lists[i][0] for i in idx])
+        bt = Batch(r, pos, Exclusions([{int(p)} for p in pos], 300), E[pos], torch.Generator().manual_seed(r), scale)
+        draw = s.sample(Q[idx], bt, store)
+        if mode == "owner":
+            draw.cross = lambda rows, lp=draw.log_pi: torch.full((b, len(rows)), -math.inf).index_put_(
+                (torch.arange(b).repeat_interleave(k), torch.arange(b * k)), lp.reshape(-1))
+        qq = Q[idx].clone().requires_grad_(True)
+        kw = loss_inputs(loss, qq, E[pos], scale, bt, draw, E[draw.ids], inbatch,
+                         batcher.log_batch_count if inbatch else None, share=True)
+        loss(**kw).backward()
+        grads.append(qq.grad[0] * b)
+        with torch.no_grad():
+            lz = (Q[0] @ kw["pool"].T * scale - kw["pool_log_pi"][0]).masked_fill(kw["pool_mask"][0], -math.inf)
+            zs.append(float(lz.exp().sum()))
+    ex = Exclusions([{pos_lists[0][0]}], 300)
+    z_true = float((Q[0] @ E.T * scale).masked_fill(ex.dense(None)[0], -math.inf).exp().sum())
+    g_star = exact_gradient(Q[:1], E, torch.tensor([pos_lists[0][0]]), ex, scale)[0]
+    return np.array(zs), torch.stack(grads), z_true, g_star
+
+
+@pytest.mark.parametrize("replacement,inbatch", [(False, True), (False, False), (True, True)],
+                         ids=["without+inbatch", "without", "with+inbatch"])
+def test_shared_negatives_estimate_the_partition_function_and_gradient(replacement, inbatch):
+    z, g, z_true, g_star = shared_run("shared", replacement=replacement, inbatch=inbatch)
+    se = z.std() / math.sqrt(len(z))
+    assert abs(z.mean() - z_true) < 4 * se, (z.mean() / z_true, se / z_true)
+    t = float(((g.mean(0) - g_star) ** 2).sum() / (g.var(0).sum() / len(g)))
+    assert t < 4.0, t
+
+
+def test_shared_negatives_owner_correction_is_rejected():
+    z, _, z_true, _ = shared_run("owner", inbatch=False, scale=4.0)
+    assert z.mean() - z_true > 10 * z.std() / math.sqrt(len(z)), z.mean() / z_true

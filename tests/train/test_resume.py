@@ -35,7 +35,7 @@ def _curve(run: Path):
 
 def _metrics(run: Path):
     m = json.loads((run / "metrics.json").read_text())
-    m["train"].pop("seconds"), m["train"].pop("peak_rss_mb")
+    m["train"].pop("seconds"), m["train"].pop("peak_rss_mb"), m["train"].pop("phases")  # timings
     return m
 
 

@@ -4,7 +4,7 @@
 ``encode_targets(...)`` returning ``[n, d]`` tensors (negminer's DualEncoder, or an adapter);
 the score is the dot product. Only queries of the split with at least one positive are searched.
 
-    m = evaluate(model, dataset, split="test", out_dir="runs/x/eval")   # writes run.trec, metrics.json
+    m = evaluate(model, dataset, split="test", out_dir="runs/x/eval")   # run.trec, per_query.jsonl, metrics.json
     m["ndcg@10"], m.stats["seconds_encode_targets"]
 """
 
@@ -65,13 +65,18 @@ def evaluate(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     start = time.perf_counter()
     stats: dict = {}
     run = retrieve(model, dataset, split, k, batch_size, backend, progress, stats)
-    metrics = EvalMetrics(compute_metrics(run, dataset.qrels[split]))
+    both = compute_metrics(run, dataset.qrels[split], per_query=True)
+    metrics = EvalMetrics(both["mean"])
     if out_dir is not None:
+        import json
+
         from negminer.eval.runfile import write_run
-        from negminer.fileio import atomic_write_json
+        from negminer.fileio import atomic_write_json, atomic_write_text
 
         out = Path(out_dir)
         write_run(out / "run.trec", run)
+        atomic_write_text(out / "per_query.jsonl", "".join(
+            json.dumps({"query_id": q, **m}) + "\n" for q, m in sorted(both["per_query"].items())))
         atomic_write_json(out / "metrics.json", dict(metrics))
     stats["seconds_total"] = time.perf_counter() - start
     metrics.stats = stats

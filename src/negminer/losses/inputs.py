@@ -15,14 +15,20 @@ heuristic of multiple importance sampling). Without a correcting sampler the poo
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from negminer.samplers.inbatch import inbatch_mask
 
 
-def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None) -> dict:
-    """``log_batch_count(rows)``: log expected count of target rows among a query's in-batch negatives."""
+def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None,
+                share: bool = False) -> dict:
+    """``log_batch_count(rows)``: log expected count of target rows among a query's in-batch negatives;
+    ``share``: every query scores every query's drawn negatives (see ``shared_inputs``)."""
     needs, dev = loss.needs, q.device
+    if share and neg is not None and "pool" in needs:
+        return shared_inputs(q, pos, scale, batch, draw, neg, inbatch, log_batch_count)
     kw = {"q": q, "pos": pos, "scale": scale}
     use_pool = inbatch and "pool" in needs
     corrected = "log_pi" in needs and draw.log_pi is not None and neg is not None
@@ -43,4 +49,38 @@ def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log
             kw["pool_log_pi"] = pool_lp.to(dev)
     if "log_z" in needs:
         kw["log_z"] = None if draw.log_z is None else draw.log_z.to(dev)
+    return kw
+
+
+def shared_inputs(q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None) -> dict:
+    """Shared negatives: the B x k drawn negatives (and the in-batch positives) form one pool that
+    every query scores. The pool is the union of all queries' samples, so candidate j's expected count
+    in it is the same for every query, sum_i' pi_i'(j) (+ c_batch(j) with the in-batch pool): one
+    correction per candidate, from ``draw.cross``. Each query's positives and duplicates are masked.
+    Uncorrected draws (mined lists, ANCE) give an uncorrected pool, as sentence-transformers'
+    MultipleNegativesRankingLoss does with (anchor, positive, negative) rows."""
+    dev, b = q.device, len(q)
+    ids = draw.ids.reshape(-1)
+    flat = neg.reshape(len(ids), neg.shape[-1])
+    mask = batch.excl.contains(ids.expand(b, -1)) | draw.mask.reshape(1, -1)
+    pools, masks, lps = [flat], [mask.to(dev)], []
+    corrected = draw.log_pi is not None
+    if corrected:
+        if draw.cross is None:
+            raise ValueError("shared negatives need the sampler's cross inclusion probabilities (Draw.cross)")
+        lp = draw.cross(ids).logsumexp(0)                                   # [B k]
+        if inbatch and log_batch_count is not None:
+            lp = torch.logaddexp(lp, log_batch_count(ids))
+        lps.append(lp)
+    if inbatch:
+        pools.insert(0, pos)
+        masks.insert(0, inbatch_mask(batch.pos_rows, batch.excl).to(dev))
+        if corrected:
+            plp = draw.pool_log_pi.logsumexp(0) if draw.pool_log_pi is not None else torch.full((b,), -math.inf)
+            if log_batch_count is not None:
+                plp = torch.logaddexp(plp, log_batch_count(batch.pos_rows))
+            lps.insert(0, plp)
+    kw = {"q": q, "pos": pos, "scale": scale, "pool": torch.cat(pools), "pool_mask": torch.cat(masks, 1)}
+    if corrected:
+        kw["pool_log_pi"] = torch.cat(lps).to(dev).unsqueeze(0).expand(b, -1)
     return kw

@@ -14,15 +14,17 @@ from negminer.samplers.exact import ExactSampler
 from negminer.samplers.exclusions import Exclusions
 from negminer.samplers.gumbel import gumbel_topk
 from negminer.samplers.inbatch import InBatchSampler, inbatch_mask
+from negminer.samplers.mined import MinedSampler
 from negminer.samplers.uniform import UniformSampler
 
 SAMPLERS = {"inbatch": InBatchSampler, "uniform": UniformSampler, "exact": ExactSampler, "ance": AnceSampler,
-            "cache": CacheSampler, "cache-stream": CacheStreamSampler}
+            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler}
 
 
-def build_sampler(cfg, replacement: bool = False) -> Sampler:
+def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> Sampler:
     """The sampler named by ``cfg.negatives`` with its options from the TrainConfig; ``replacement``:
-    draw with replacement (``--replacement``, or a loss that needs it)."""
+    draw with replacement (``--replacement``, or a loss that needs it); ``mined``: per training query,
+    its mined negative rows (``--negatives mined``)."""
     from negminer.errors import ConfigError
 
     name = cfg.negatives
@@ -33,6 +35,8 @@ def build_sampler(cfg, replacement: bool = False) -> Sampler:
     k = cfg.num_negatives
     if name == "inbatch":
         return InBatchSampler()
+    if name == "mined":
+        return MinedSampler(k, mined, **common)
     if name == "uniform":
         return UniformSampler(k, **common)
     if name == "exact":
@@ -48,4 +52,4 @@ def build_sampler(cfg, replacement: bool = False) -> Sampler:
 
 
 __all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk", "inbatch_mask",
-           "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler"]
+           "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -29,6 +30,7 @@ class Batch:
     generator: torch.Generator       # CPU, seeded from (seed, step)
     loss_scale: float                # 1 / loss temperature
     device_generator: torch.Generator | None = None  # on the scoring device, seeded from (seed, step)
+    queries: torch.Tensor | None = None  # [B] training-query index of each row (samplers with per-query lists)
 
     def gen(self, device) -> torch.Generator:
         device = torch.device(device)
@@ -44,6 +46,8 @@ class Draw:
     log_pi: torch.Tensor | None = None      # [B, k] log inclusion probability / expected count (None: no correction)
     pool_log_pi: torch.Tensor | None = None  # [B, B] the same for each batch positive (in-batch mixture)
     log_z: torch.Tensor | None = None       # [B] logsumexp of usable stale scores x loss scale
+    cross: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows [M] -> [B, M] log expected count of
+    # each row among each query's usable draws (shared negatives: every query's pi of every draw)
 
     @staticmethod
     def empty(b: int) -> "Draw":
@@ -146,8 +150,27 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
         logits[widx] = acc.watched
         pool = acc.log_pi_of(logits.view(b, b), _drawn(ids, mask, pr))
     log_z = acc.log_z[batch.loss_scale].cpu() if sampler.want_log_z else None
+    cross = None if log_pi is None else _cross(sampler, q, batch, store, acc, ids, mask, rows)
     return Draw(ids.cpu(), mask.cpu(), None if log_pi is None else log_pi.cpu(),
-                None if pool is None else pool.cpu(), log_z)
+                None if pool is None else pool.cpu(), log_z, cross)
+
+
+def _cross(sampler, q, batch, store, acc, ids, mask, cand):
+    """Draw.cross of a streaming draw: the stale logits of any rows for every query (masked as in the
+    pass: exclusions, margin, rows outside the candidates) through the pass's thresholds."""
+    def cross(rows: torch.Tensor) -> torch.Tensor:
+        dev = ids.device
+        rows = rows.to(dev)
+        s = q.float().to(dev) @ store.embeddings(rows).to(dev).T                       # [B, M]
+        bad = batch.excl.contains(rows.cpu().expand(len(q), -1)).to(dev)
+        over = sampler.margin_over(q.to(dev), batch)
+        if over is not None:
+            bad |= s > over.unsqueeze(1)
+        if cand is not None:
+            bad |= ~torch.isin(rows, cand.to(dev)).unsqueeze(0)
+        logits = (s * sampler.scale(batch)).masked_fill(bad, NEG_INF)
+        return acc.log_pi_of(logits, _drawn(ids, mask, rows)).cpu()
+    return cross
 
 
 def dense_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, cand: torch.Tensor, scores: torch.Tensor) -> Draw:

@@ -25,7 +25,11 @@ class UniformSampler(Sampler):
         b, n = len(q), store.n
         ids = torch.randint(n, (b, self.k), generator=batch.generator)
         lp = math.log(self.k / n)
-        return Draw(ids, batch.excl.contains(ids), torch.full((b, self.k), lp), torch.full((b, b), lp))
+        excl = batch.excl
+
+        def cross(rows):  # a row excluded for a query is never among its usable draws
+            return torch.full((b, len(rows)), lp).masked_fill(excl.contains(rows.expand(b, -1)), -math.inf)
+        return Draw(ids, excl.contains(ids), torch.full((b, self.k), lp), torch.full((b, b), lp), cross=cross)
 
     def proposal(self, q, batch, store):
         logq = torch.full((len(q), store.n), -math.log(store.n))

@@ -30,6 +30,7 @@ from negminer.samplers import Batch, Draw, Exclusions, build_sampler
 from negminer.store import TargetStore
 from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from negminer.train.duplicates import duplicate_groups
+from negminer.train.phases import PhaseTimer
 
 from negminer.eval.metrics import METRIC_KEYS  # noqa: E402
 
@@ -79,10 +80,12 @@ def adamw(groups, lr: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def linear_schedule(warmup_steps: int, total_steps: int):
+def linear_schedule(warmup_steps: int, total_steps: int, constant: bool = False):
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
+        if constant:
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return f
@@ -118,12 +121,17 @@ class Trainer:
         self.batcher = RandomBatcher(len(self.qids), cfg.batch_size, cfg.seed, self.pos_lists, self.dataset.num_targets)
         self.total_steps = cfg.total_steps(self.batcher.batches_per_epoch)
         self.loss_fn = build_loss(cfg.loss)
-        self.sampler = build_sampler(cfg, replacement=self.loss_fn.replacement)
+        mined = None
+        if cfg.negatives == "mined":
+            from negminer.samplers.mined import mined_lists
+
+            mined = mined_lists(self.dataset, self.qids, cfg.mined_file or None)
+        self.sampler = build_sampler(cfg, replacement=self.loss_fn.replacement, mined=mined)
         self.sampler.want_log_z = "log_z" in self.loss_fn.needs
         self.dups = duplicate_groups(self.target_inputs) if cfg.dedupe_text else {}
         self.hooks = default_hooks(cfg) if hooks is None else list(hooks)
         self.store = None
-        if self.sampler.k or cfg.diagnose_every:
+        if (self.sampler.k and self.sampler.needs_store) or cfg.diagnose_every:
             self.store = self._make_store(resume=False)
         self._check_pool()
         self.tower_dropout = has_dropout(self.model.target_tower)
@@ -131,11 +139,13 @@ class Trainer:
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = adamw(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        warm = int(cfg.warmup * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warm, self.total_steps))
+        warm = int(cfg.warmup * self.total_steps) if cfg.warmup < 1 else int(cfg.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(warm, self.total_steps, constant=cfg.schedule == "constant"))
         self.counters = Counters()
         self.step = 0
         self.seconds = 0.0
+        self.phases = PhaseTimer(self.device)
         self.last_checkpoint_step = None
 
     # ---- the store ------------------------------------------------------------------------
@@ -205,7 +215,8 @@ class Trainer:
         dg = torch.Generator(device=dev).manual_seed(seed) if dev.type != "cpu" else None
         return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long),
                      Exclusions([self.exclude(i) for i in idx], self.dataset.num_targets),
-                     pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg)
+                     pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg,
+                     torch.as_tensor(np.asarray(idx), dtype=torch.long))
 
     def target_features(self, rows):
         """Tower inputs of target rows: from the store's token table when there is a store."""
@@ -241,41 +252,60 @@ class Trainer:
         """One optimiser step; returns the loss (nan for a skipped step)."""
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
         idx, pos_rows = self._batch(step)
-        m = self.model
-        qf = m.tokenize_queries([self.query_texts[i] for i in idx])
-        tf = self.target_features(pos_rows)
-        with self.autocast():
-            q = m.embed_queries(qf)
-            p = m.embed_targets(tf)
+        m, ph = self.model, self.phases
+        with ph("query_encode"), self.autocast():
+            q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in idx]))
+        with ph("target_encode_pos"), self.autocast():
+            p = m.embed_targets(self.target_features(pos_rows))
         self.counters.query_encodes += len(idx)
         self.counters.target_encodes += len(pos_rows)
-        batch = self.make_batch(step, idx, pos_rows, p)
-        draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
-        neg, uniq, fresh = None, None, None
+        with ph("sample"):
+            batch = self.make_batch(step, idx, pos_rows, p)
+            draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
+        neg, uniq, fresh, cached = None, None, None, None
         if draw.ids.numel() and bool((~draw.mask).any()):
-            with self.autocast():
-                neg, uniq, fresh = self.encode_drawn(draw)
-        kw = loss_inputs(self.loss_fn, q, p, m.logit_scale(), batch, draw, neg, self.cfg.inbatch,
-                         self.batcher.log_batch_count)
-        loss = self.loss_fn(**kw)
-        if not torch.isfinite(loss):
-            return self._diverged("the loss", loss.detach(), step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [x for x in m.parameters() if x.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
-        if not torch.isfinite(norm):
-            return self._diverged("the gradient norm", norm, step)
-        self.optimizer.step()
-        self.scheduler.step()
+            if self.cfg.negative_grad == "none":  # the store's (stale) embeddings: no target-tower work
+                with ph("sample"):
+                    neg, cached = self.cached_negatives(draw, q.device)
+            else:
+                with ph("target_encode_neg"), self.autocast():
+                    neg, uniq, fresh = self.encode_drawn(draw)
+        with ph("loss_backward"):
+            kw = loss_inputs(self.loss_fn, q, p, m.logit_scale(), batch, draw, neg, self.cfg.inbatch,
+                             self.batcher.log_batch_count, share=self.cfg.share_negatives)
+            loss = self.loss_fn(**kw)
+            if not torch.isfinite(loss):
+                return self._diverged("the loss", loss.detach(), step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with ph("optimizer"):
+            params = [x for x in m.parameters() if x.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
+            if not torch.isfinite(norm):
+                return self._diverged("the gradient norm", norm, step)
+            self.optimizer.step()
+            self.scheduler.step()
         if self.store is not None:
-            self.write_back(batch, draw, p, uniq, fresh, step)
-            self.sampler.update(batch, draw, m, self.store, step + 1, encode=self.encode_rows)
+            with ph("write_back"):
+                self.write_back(batch, draw, p, uniq, fresh, step, cached)
+            with ph("refresh"):
+                self.sampler.update(batch, draw, m, self.store, step + 1, encode=self.encode_rows)
         return float(loss.detach())
 
-    def write_back(self, batch, draw, p, uniq, fresh, step: int) -> None:
-        """Put the drawn targets and the positives back into the store (see the module docstring)."""
+    def cached_negatives(self, draw: Draw, device):
+        """--negative-grad none: [B, k, d] cached embeddings of the drawn rows (no gradient, not
+        counted as encodes) and the distinct usable rows."""
+        ok = ~draw.mask
+        rows = draw.ids[ok].unique()
+        emb = self.store.embeddings(draw.ids.reshape(-1)).view(*draw.ids.shape, -1)
+        return emb.masked_fill(draw.mask.unsqueeze(-1), 0.0).to(device), rows
+
+    def write_back(self, batch, draw, p, uniq, fresh, step: int, cached=None) -> None:
+        """Put the drawn targets and the positives back into the store (see the module docstring);
+        ``cached``: rows drawn with --negative-grad none (nothing fresh to write; their age is recorded)."""
         mode = self.cfg.write_back
+        if cached is not None:
+            self.sampler.last_stats = {"drawn_age": float((step - self.store.age[cached].float()).mean())}
         if mode == "none" or not getattr(self.sampler, "write_back", False):
             return
         rows = batch.pos_rows if uniq is None else torch.cat([uniq, batch.pos_rows])
@@ -299,7 +329,13 @@ class Trainer:
             if uniq is not None and not (mode == "train" and self.tower_dropout):
                 stats["staleness"] = _staleness(self.store.embeddings(drawn), emb[: len(drawn)])
             self.store.write(rows, emb, step)
+        if cached is not None:
+            stats["drawn_age"] = self.sampler.last_stats["drawn_age"]
         self.sampler.last_stats = stats
+
+    def out_of_time(self) -> bool:
+        """--time-budget spent (training seconds: evaluation, diagnostics and saves not counted)."""
+        return bool(self.cfg.time_budget) and self.seconds >= self.cfg.time_budget
 
     def work(self) -> dict:
         """Counters for logs: target_encodes includes the store's refresh encodes."""
@@ -319,6 +355,7 @@ class Trainer:
         epoch, batch = self.batcher.position(self.step)
         return {"step": self.step, "epoch": epoch, "batch_in_epoch": batch, "total_steps": self.total_steps,
                 "scheduler_last_epoch": self.scheduler.last_epoch, "seconds": self.seconds,
+                "phase_seconds": dict(self.phases.seconds),
                 "counters": vars(self.counters).copy(), "seed": self.cfg.seed,
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
@@ -334,6 +371,7 @@ class Trainer:
             return False
         st, extra = load_checkpoint(ckpt, self.model, self.optimizer)
         self.step, self.seconds = st["step"], st["seconds"]
+        self.phases = PhaseTimer(self.device, st.get("phase_seconds"))
         self.last_checkpoint_step = self.step
         if self.store is not None:
             if self.store.path is not None:  # reopen the memory map instead of overwriting it
@@ -385,7 +423,7 @@ class Trainer:
                    dynamic_ncols=True)
         t0 = time.perf_counter() - self.seconds
         pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.out_of_time():
             loss = self.train_step(self.step)
             if pause:
                 time.sleep(pause)
@@ -394,22 +432,25 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             row = None
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
                 row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
                        "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
-                       "peak_rss_mb": peak_rss_mb(), **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
+                       "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
+                       **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
             for hook in self.hooks:
                 extra = hook.on_step(self, self.step)
                 if extra:
                     row = dict(row or {"step": self.step}, **extra)
                     self.model.train()
-            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps:
+            if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps
+                    and not self.out_of_time()):
                 row = dict(row or {"step": self.step}, eval=self.evaluate())
                 self.model.train()
             t0 = time.perf_counter() - self.seconds  # hook and evaluation time is not training time
             if row:
                 self._log(row)
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+            if (cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps
+                    and not self.out_of_time()):
                 self.save()
         bar.close()
         self.save()
@@ -419,8 +460,9 @@ class Trainer:
         if zero_shot is not None:
             metrics["zero_shot"] = {k: zero_shot[k] for k in METRIC_KEYS}
         metrics["train"] = {"steps": self.step, **self.work(), "seconds": round(self.seconds, 2),
-                            "negatives": cfg.negatives, "loss": cfg.loss,
-                            "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
+                            "negatives": cfg.negatives, "loss": cfg.loss, "time_budget": cfg.time_budget or None,
+                            "stopped_by": "time_budget" if self.step < self.total_steps else "steps",
+                            "phases": self.phases.rounded(), "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
 
