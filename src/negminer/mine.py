@@ -81,7 +81,7 @@ def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, ski
     seconds = time.perf_counter() - t0  # encoding, search and writing; not loading the model or data
     atomic_write_json(Path(f"{out}.meta.json"), {"model": str(model_dir), "data": str(data), "split": split,
                                                  "top_k": top_k, "margin": margin, "skip": skip, "format": fmt,
-                                                 "queries": n, "seconds": round(seconds, 3)})
+                                                 "queries": n, "targets": ds.num_targets, "seconds": round(seconds, 3)})
     if not quiet:
         print(f"mined {top_k} negatives for {n} queries of {ds.name}/{split} in {seconds:.1f} s -> {out} "
               f"(+ {Path(out).name}.meta.json)", file=sys.stderr)

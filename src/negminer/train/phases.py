@@ -1,6 +1,7 @@
 """Where a step's time goes: seconds per phase, accumulated over the run (and across resume).
 
-Phases: query_encode, target_encode_pos, sample, target_encode_neg, loss_backward, optimizer,
+Phases: setup (the sampler's setup before the first step: filling the store, building indexes),
+query_encode, target_encode_pos, sample, target_encode_neg, loss_backward, optimizer,
 write_back (the store writes, eval-mode re-encodes included), refresh (the sampler's update).
 On a GPU each boundary synchronises, so the split is true (and the step slightly slower).
 """
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-PHASES = ("query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward", "optimizer",
+PHASES = ("setup", "query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward", "optimizer",
           "write_back", "refresh")
 
 
