@@ -245,7 +245,8 @@ def main(argv=None) -> int:
             for m in names:
                 ev = int(rate[m] * budget / (args.curve_points + 1)) if m in rate and args.curve_points else 0
                 row = run_row(args.preset, m, budget, seed, tmp, ev)
-                rate.setdefault(m, row["steps"] / row["train_seconds"])
+                if row["steps"]:
+                    rate.setdefault(m, row["steps"] / row["train_seconds"])
                 rows.append(row)
                 print(f"{p['encoder']:<7} {budget:>5} s  seed {seed}  {m:<22} steps {row['steps']:>6}  "
                       f"recall@10 {row['recall@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "
