@@ -60,6 +60,10 @@ def methods(p) -> dict[str, list[str]]:
         "cache grad-none": [*cache, "--negative-grad", "none"],
         "cache-stream": ["--negatives", "cache-stream", *k, "--cache-size", str(p["stream"])],
         "cache grad-none+share": [*cache, "--negative-grad", "none", "--share-negatives"],
+        # the same with the store in bf16: scoring the store is the sampler's cost (AMX / AVX512-BF16 here)
+        "cache bf16": [*cache, "--store-dtype", "bf16"],
+        "cache-stream bf16": ["--negatives", "cache-stream", *k, "--cache-size", str(p["stream"]), "--store-dtype", "bf16"],
+        "cache grad-none bf16": [*cache, "--negative-grad", "none", "--store-dtype", "bf16"],
     }
 
 
