@@ -67,12 +67,12 @@ def methods(p) -> dict[str, list[str]]:
     }
 
 
-def train_args(p, data, out, budget, seed, extra, eval_every=0) -> list[str]:
+def train_args(p, data, out, budget, seed, extra, eval_every=0.0) -> list[str]:
     return ["negminer", "train", "--data", str(data), "--out", str(out), "--encoder", p["encoder"],
             "--batch-size", str(p["batch_size"]), "--lr", str(p["lr"]), "--query-max-length", str(p["qlen"]),
             "--target-max-length", str(p["tlen"]), "--time-budget", str(budget), "--steps", "1000000",
             "--schedule", "constant", "--warmup", str(p["warmup"]), "--seed", str(seed), "--no-zero-shot",
-            "--log-every", "25", "--eval-every", str(eval_every), "--quiet", *extra]
+            "--log-every", "25", "--eval-every-seconds", str(eval_every), "--quiet", *extra]
 
 
 def run(argv: list[str]) -> float:
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", type=float, nargs="+", default=[60, 180])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--methods", nargs="+", help="default: all")
-    ap.add_argument("--curve-points", type=int, default=4, help="evaluations within each run after the first budget")
+    ap.add_argument("--curve-points", type=int, default=4, help="evaluations within each run (at equal training times)")
     ap.add_argument("--redraw", action="store_true", help="only rebuild the table, tests and plot from the JSON")
     args = ap.parse_args(argv)
     jf = RESULTS / "equal_time.json"
@@ -241,16 +241,14 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown method {bad[0]!r}; choose from {', '.join(methods(p))}")
     budgets = [int(b) if float(b).is_integer() else b for b in sorted(args.budgets)]
-    rows, rate = [], {}
+    rows = []
     tmp = Path("runs") / "equal_time"
     shutil.rmtree(REPO / tmp, ignore_errors=True)
     for budget in budgets:
         for seed in args.seeds:
             for m in names:
-                ev = int(rate[m] * budget / (args.curve_points + 1)) if m in rate and args.curve_points else 0
+                ev = round(budget / (args.curve_points + 1), 1) if args.curve_points else 0
                 row = run_row(args.preset, m, budget, seed, tmp, ev)
-                if row["steps"]:
-                    rate.setdefault(m, row["steps"] / row["train_seconds"])
                 rows.append(row)
                 print(f"{p['encoder']:<7} {budget:>5} s  seed {seed}  {m:<22} steps {row['steps']:>6}  "
                       f"recall@10 {row['recall@10']:.4f}  ndcg@10 {row['ndcg@10']:.4f}  "

@@ -72,6 +72,7 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str = "test"
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
+    eval_every_seconds: float = field(default=0.0, metadata={"help": "evaluate every S seconds of training (0: off)"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     log_every: int = 1
     eval_batch_size: int = 128
@@ -166,7 +167,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.steps >= 0 and cfg.epochs > 0, "steps must be >= 0 and epochs > 0"),
         (cfg.warmup >= 0 and (cfg.warmup < 1 or float(cfg.warmup).is_integer()),
          "warmup is a fraction in [0, 1) or a whole number of steps"),
-        (cfg.time_budget >= 0, "time_budget must be >= 0 seconds"),
+        (cfg.time_budget >= 0 and cfg.eval_every_seconds >= 0, "time_budget and eval_every_seconds must be >= 0"),
         (cfg.schedule in ("linear", "constant"), "schedule must be linear or constant"),
         (cfg.negative_grad in ("target", "none"), "negative_grad must be target or none"),
         (cfg.negative_grad == "target" or cfg.negatives in ("cache", "cache-stream", "exact", "ance"),

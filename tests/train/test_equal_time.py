@@ -36,16 +36,21 @@ def test_time_budget_stops_training_and_resume_counts_the_time_spent(tiny_beir, 
     monkeypatch.setenv("NEGMINER_STEP_SLEEP", "0.25")
     out = tmp_path / "t"
     args = ["--steps", "1000", "--schedule", "constant", "--warmup", "2"]
-    assert train(tiny_beir, out, *args, "--time-budget", "1.0") == 0
+    assert train(tiny_beir, out, *args, "--time-budget", "1.0", "--eval-every-seconds", "0.4") == 0
     m, log = metrics(out), rows(out)
+    # an evaluation at the first step past each multiple of 0.4 s of training, none at the budget's end
+    secs = [0.0] + [r["seconds"] for r in log]
+    want = [int(b // 0.4) > int(a // 0.4) for a, b in zip(secs, secs[1:])][:-1] + [False]
+    assert ["eval" in r for r in log] == want and any(want[:-1]) or secs[-2] < 0.4, log
     assert m["train"]["stopped_by"] == "time_budget" and 1 <= m["train"]["steps"] < 1000
     assert log[-1]["seconds"] >= 1.0 and (len(log) == 1 or log[-2]["seconds"] < 1.0)
     first = len(log)
-    assert train(tiny_beir, out, *args, "--time-budget", "2.0", "--resume") == 0
+    budget2 = round(m["train"]["seconds"] + 1.0, 2)
+    assert train(tiny_beir, out, *args, "--time-budget", str(budget2), "--resume") == 0
     m2, log = metrics(out), rows(out)
     assert [r["step"] for r in log] == list(range(1, m2["train"]["steps"] + 1)) and len(log) > first
     secs = [r["seconds"] for r in log]
-    assert secs == sorted(secs) and secs[-1] >= 2.0 and secs[-2] < 2.0  # the time before the kill is counted
+    assert secs == sorted(secs) and secs[-1] >= budget2 and secs[-2] < budget2  # the time before is counted
     assert m2["train"]["seconds"] == pytest.approx(secs[-1], abs=0.01)
 
 

@@ -341,6 +341,16 @@ class Trainer:
             stats["drawn_age"] = self.sampler.last_stats["drawn_age"]
         self.sampler.last_stats = stats
 
+    def eval_due(self) -> bool:
+        """--eval-every N steps, or --eval-every-seconds S of training time (a curve against wall time)."""
+        cfg = self.cfg
+        if cfg.eval_every and self.step % cfg.eval_every == 0:
+            return True
+        if cfg.eval_every_seconds and self.seconds >= self._next_eval_s:
+            self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds
+            return True
+        return False
+
     def out_of_time(self) -> bool:
         """--time-budget spent (training seconds: evaluation, diagnostics and saves not counted)."""
         return bool(self.cfg.time_budget) and self.seconds >= self.cfg.time_budget
@@ -432,6 +442,7 @@ class Trainer:
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=cfg.quiet, desc="train", unit="step",
                    dynamic_ncols=True)
+        self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds if cfg.eval_every_seconds else 0
         t0 = time.perf_counter() - self.seconds
         pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
         while self.step < self.total_steps and not self.out_of_time():
@@ -453,8 +464,7 @@ class Trainer:
                 if extra:
                     row = dict(row or {"step": self.step}, **extra)
                     self.model.train()
-            if (cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total_steps
-                    and not self.out_of_time()):
+            if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
                 row = dict(row or {"step": self.step}, eval=self.evaluate())
                 self.model.train()
             t0 = time.perf_counter() - self.seconds  # hook and evaluation time is not training time
