@@ -168,10 +168,11 @@ def table(rows, tests) -> str:
     for (enc, data, b, m), rs in sorted(agg.items(), key=lambda x: (x[0][0], x[0][1], x[0][2], order(x[0][3]))):
         avg = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
         steps = avg("steps")
-        ph = " | ".join(f"{sum(r['phases'].get(p, 0) for r in rs) / len(rs) / max(steps, 1) * 1000:.1f}" for p in PHASES)
+        per = {p: sum(r["phases"].get(p, 0) for r in rs) / len(rs) for p in PHASES}
+        ph = " | ".join(f"{per[p]:.1f}" if p == "setup" else f"{per[p] / max(steps, 1) * 1000:.1f}" for p in PHASES)
         out.append(f"| {enc} | {data} | {b} | {m} | {len(rs)} | {steps:,.0f} | {avg('recall@10'):.4f} | "
                    f"{avg('ndcg@10'):.4f} | {avg('target_encodes'):,.0f} | {ph} |")
-    out += ["", "Phases: ms per step (mean over seeds). Paired tests across queries (seeds averaged per query):", "",
+    out += ["", "Phases: setup in seconds, the others in ms per step (mean over seeds). Paired tests across queries (seeds averaged per query):", "",
             "| encoder | data | budget s | method | vs | metric | diff | 95% CI | p (t) | p (Wilcoxon) | seeds |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tests:
