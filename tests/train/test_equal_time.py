@@ -42,6 +42,10 @@ def test_time_budget_stops_training_and_resume_counts_the_time_spent(tiny_beir, 
     secs = [0.0] + [r["seconds"] for r in log]
     want = [int(b // 0.4) > int(a // 0.4) for a, b in zip(secs, secs[1:])][:-1] + [False]
     assert ["eval" in r for r in log] == want and any(want[:-1]) or secs[-2] < 0.4, log
+    assert main(["train", "--data", str(tiny_beir), "--out", str(tmp_path / "e"), *BASE, "--steps", "4",
+                 "--eval-every", "2", "--log-every", "3"]) == 0
+    assert [(r["step"], "seconds" in r, "eval" in r) for r in rows(tmp_path / "e")] == [
+        (2, True, True), (3, True, False), (4, True, False)]  # an evaluation row carries its time
     assert m["train"]["stopped_by"] == "time_budget" and 1 <= m["train"]["steps"] < 1000
     assert log[-1]["seconds"] >= 1.0 and (len(log) == 1 or log[-2]["seconds"] < 1.0)
     first = len(log)

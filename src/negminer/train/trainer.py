@@ -465,7 +465,7 @@ class Trainer:
                     row = dict(row or {"step": self.step}, **extra)
                     self.model.train()
             if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
-                row = dict(row or {"step": self.step}, eval=self.evaluate())
+                row = dict(row or {"step": self.step}, seconds=round(self.seconds, 3), eval=self.evaluate())
                 self.model.train()
             t0 = time.perf_counter() - self.seconds  # hook and evaluation time is not training time
             if row:
