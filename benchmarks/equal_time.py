@@ -18,13 +18,14 @@ Constant learning rate after a fixed warm-up for all (a time budget has no known
     python benchmarks/equal_time.py --redraw     # table, paired tests and plot from the JSON
 
 Writes benchmarks/results/equal_time.json (rows, paired tests), equal_time.md, equal_time.png, and
-each run's per_query.jsonl, metrics.json and train_log.jsonl under results/equal_time_runs/ (so that
+each run's per_query.jsonl.gz, metrics.json and train_log.jsonl under results/equal_time_runs/ (so that
 `negminer compare` can be run on them).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shlex
 import shutil
@@ -122,8 +123,9 @@ def run_row(preset, method, budget, seed, tmp, eval_every) -> dict:
                   "ndcg@10": round(m["ndcg@10"], 4)})
     keep = RESULTS / "equal_time_runs" / out.name
     keep.mkdir(parents=True, exist_ok=True)
-    for f in ("per_query.jsonl", "metrics.json", "train_log.jsonl"):
+    for f in ("metrics.json", "train_log.jsonl"):
         shutil.copy(out / f, keep / f)
+    (keep / "per_query.jsonl.gz").write_bytes(gzip.compress((out / "per_query.jsonl").read_bytes(), mtime=0))
     return {"encoder": p["encoder"], "data": p["data"], "method": method, "budget_s": budget, "seed": seed,
             "steps": tr["steps"], "recall@10": round(m["recall@10"], 4), "ndcg@10": round(m["ndcg@10"], 4),
             "target_encodes": tr["target_encodes"], "query_encodes": tr["query_encodes"],

@@ -40,6 +40,16 @@ def test_seeds_are_averaged_per_query_and_equal_runs_give_p_1(tmp_path):
     assert r["diff"] == 0 and r["p_ttest"] == 1.0 and r["mean_a"] == pytest.approx(0.5)
 
 
+def test_gzipped_per_query_files_read_the_same(tmp_path):
+    import gzip
+
+    a, b = write(tmp_path / "a", [0, 1, 0.5]), write(tmp_path / "b", [1, 1, 0.5])
+    z = tmp_path / "z"
+    z.mkdir()
+    (z / "per_query.jsonl.gz").write_bytes(gzip.compress((tmp_path / "b" / "per_query.jsonl").read_bytes()))
+    assert compare([a, str(z)], ("ndcg@10",)) == [dict(r, b=str(z)) for r in compare([a, b], ("ndcg@10",))]
+
+
 def test_runs_on_other_queries_are_refused(tmp_path, capsys):
     a, b = write(tmp_path / "a", [0, 1, 1]), write(tmp_path / "b", [0, 1])
     assert main(["compare", a, b]) == 2

@@ -53,7 +53,7 @@ def poison(tr, step: int, where: str):
                 if where == "loss":
                     return loss * float("nan")
                 p = next(x for x in tr.model.parameters() if x.requires_grad)
-                h = p.register_hook(lambda g: (h.remove(), torch.full_like(g, float("nan")))[1])
+                h = p.register_hook(lambda g: (h.remove(), g * float("nan"))[1])  # sparse gradients too
             return loss
 
     tr.loss_fn = Poisoned()

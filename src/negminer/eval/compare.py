@@ -1,6 +1,6 @@
 """``negminer compare``: paired comparison of runs on the same queries.
 
-Each argument is a run directory (or its ``per_query.jsonl``), or several joined by commas (seeds
+Each argument is a run directory (or its ``per_query.jsonl``, gzipped or not), or several joined by commas (seeds
 of one configuration: each query's metric is averaged over them). The first is the baseline; for
 every other and every metric: both means, the mean per-query difference with its 95% confidence
 interval (Student t over queries), and two-sided p-values of the paired t-test and the Wilcoxon
@@ -11,6 +11,7 @@ Example::  negminer compare runs/inbatch_s1,runs/inbatch_s2 runs/cache_s1,runs/c
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -26,11 +27,12 @@ METRICS = METRIC_KEYS[:-1]
 def read_per_query(path) -> dict[str, dict[str, float]]:
     p = Path(path)
     if p.is_dir():
-        p = p / "per_query.jsonl"
+        p = next((p / n for n in ("per_query.jsonl", "per_query.jsonl.gz") if (p / n).is_file()), p / "per_query.jsonl")
     if not p.is_file():
         raise ConfigError(f"{p}: no per-query metrics (a run directory evaluated by negminer >= 0.1 has them)")
     out = {}
-    for no, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    for no, line in enumerate(raw.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
