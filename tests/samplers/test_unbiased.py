@@ -62,9 +62,10 @@ def test_old_k_q_weighting_is_rejected_on_a_peaked_softmax():
 
 # ---- in-batch and sampled negatives together ------------------------------------------------
 
-def mixture_run(mode, k, b, scale=20.0, reps=3000, seed=0, n=120):
-    """Query 0 with B - 1 random other training queries (their positives are the in-batch pool) and k
-    draws from the exact softmax; returns per-draw (Z estimate, gradient) and the exact values."""
+def skewed_batches(k, b, scale, reps, seed, n, replacement=False):
+    """Query 0 with B - 1 random other training queries (skewed positives: popular targets), k draws
+    per query from the exact softmax. Returns E, Q, the batcher, the exact Z and gradient of query 0,
+    and an iterator of (idx, positives, batch, draw), one per repetition."""
     E = unit(300, D, seed)
     g = torch.Generator().manual_seed(seed + 5)
     popular = torch.multinomial(torch.linspace(3, 0.1, 100), n, replacement=True, generator=g)  # skewed
@@ -72,15 +73,29 @@ def mixture_run(mode, k, b, scale=20.0, reps=3000, seed=0, n=120):
     batcher = RandomBatcher(n, b, 0, pos_lists, 300)
     Q = unit(n, D, seed + 1)
     store, _ = make_store(E)
-    s, loss = CacheSampler(k), SoftmaxLoss()
+    s = CacheSampler(k, replacement=replacement)
     s.rows, s.full = torch.arange(300), True
-    rng = np.random.default_rng(seed)
+    ex = Exclusions([{pos_lists[0][0]}], 300)
+    z_true = float((Q[0] @ E.T * scale).masked_fill(ex.dense(None)[0], -math.inf).exp().sum())
+    g_star = exact_gradient(Q[:1], E, torch.tensor([pos_lists[0][0]]), ex, scale)[0]
+
+    def draws():
+        rng = np.random.default_rng(seed)
+        for r in range(reps):
+            idx = np.concatenate([[0], rng.choice(np.arange(1, n), b - 1, replace=False)])
+            pos = torch.tensor([pos_lists[i][0] for i in idx])
+            bt = Batch(r, pos, Exclusions([{int(p)} for p in pos], 300), E[pos], torch.Generator().manual_seed(r), scale)
+            yield idx, pos, bt, s.sample(Q[idx], bt, store)
+    return E, Q, batcher, z_true, g_star, draws()
+
+
+def mixture_run(mode, k, b, scale=20.0, reps=3000, seed=0, n=120):
+    """Query 0 with B - 1 random other training queries (their positives are the in-batch pool) and k
+    draws from the exact softmax; returns per-draw (Z estimate, gradient) and the exact values."""
+    E, Q, batcher, z_true, g_star, draws = skewed_batches(k, b, scale, reps, seed, n)
+    loss = SoftmaxLoss()
     zs, grads = [], []
-    for r in range(reps):
-        idx = np.concatenate([[0], rng.choice(np.arange(1, n), b - 1, replace=False)])
-        pos = torch.tensor([pos_lists[i][0] for i in idx])
-        bt = Batch(r, pos, Exclusions([{int(p)} for p in pos], 300), E[pos], torch.Generator().manual_seed(r), scale)
-        draw = s.sample(Q[idx], bt, store)
+    for idx, pos, bt, draw in draws:
         qq = Q[idx].clone().requires_grad_(True)
         kw = loss_inputs(loss, qq, E[pos], scale, bt, draw, E[draw.ids], True,
                          batcher.log_batch_count if mode == "mixture" else None)
@@ -92,9 +107,6 @@ def mixture_run(mode, k, b, scale=20.0, reps=3000, seed=0, n=120):
             lp = (Q[0] @ E[pos].T * scale - kw.get("pool_log_pi", torch.zeros(b, b))[0]).masked_fill(kw["pool_mask"][0], -math.inf)
             ln = (Q[0] @ E[draw.ids[0]].T * scale - kw["neg_log_pi"][0]).masked_fill(kw["neg_mask"][0], -math.inf)
             zs.append(float(lp.exp().sum() + ln.exp().sum()))
-    ex = Exclusions([{pos_lists[0][0]}], 300)
-    z_true = float((Q[0] @ E.T * scale).masked_fill(ex.dense(None)[0], -math.inf).exp().sum())
-    g_star = exact_gradient(Q[:1], E, torch.tensor([pos_lists[0][0]]), ex, scale)[0]
     return np.array(zs), torch.stack(grads), z_true, g_star
 
 
@@ -118,22 +130,10 @@ def shared_run(mode, k=4, b=8, replacement=False, inbatch=True, scale=20.0, reps
     """As mixture_run, with --share-negatives: query 0's pool is the batch's positives and all B x k
     draws. mode 'shared': one correction per candidate (sum of every query's pi); 'owner': each draw
     corrected by its own query's pi only (the naive pooling)."""
-    E = unit(300, D, seed)
-    g = torch.Generator().manual_seed(seed + 5)
-    popular = torch.multinomial(torch.linspace(3, 0.1, 100), n, replacement=True, generator=g)
-    pos_lists = [[int(p)] for p in popular]
-    batcher = RandomBatcher(n, b, 0, pos_lists, 300)
-    Q = unit(n, D, seed + 1)
-    store, _ = make_store(E)
-    s, loss = CacheSampler(k, replacement=replacement), SoftmaxLoss()
-    s.rows, s.full = torch.arange(300), True
-    rng = np.random.default_rng(seed)
+    E, Q, batcher, z_true, g_star, draws = skewed_batches(k, b, scale, reps, seed, n, replacement)
+    loss = SoftmaxLoss()
     zs, grads = [], []
-    for r in range(reps):
-        idx = np.concatenate([[0], rng.choice(np.arange(1, n), b - 1, replace=False)])
-        pos = torch.tensor([pos_lists[i][0] for i in idx])
-        bt = Batch(r, pos, Exclusions([{int(p)} for p in pos], 300), E[pos], torch.Generator().manual_seed(r), scale)
-        draw = s.sample(Q[idx], bt, store)
+    for idx, pos, bt, draw in draws:
         if mode == "owner":
             draw.cross = lambda rows, lp=draw.log_pi: torch.full((b, len(rows)), -math.inf).index_put_(
                 (torch.arange(b).repeat_interleave(k), torch.arange(b * k)), lp.reshape(-1))
@@ -145,9 +145,6 @@ def shared_run(mode, k=4, b=8, replacement=False, inbatch=True, scale=20.0, reps
         with torch.no_grad():
             lz = (Q[0] @ kw["pool"].T * scale - kw["pool_log_pi"][0]).masked_fill(kw["pool_mask"][0], -math.inf)
             zs.append(float(lz.exp().sum()))
-    ex = Exclusions([{pos_lists[0][0]}], 300)
-    z_true = float((Q[0] @ E.T * scale).masked_fill(ex.dense(None)[0], -math.inf).exp().sum())
-    g_star = exact_gradient(Q[:1], E, torch.tensor([pos_lists[0][0]]), ex, scale)[0]
     return np.array(zs), torch.stack(grads), z_true, g_star
 
 

@@ -433,10 +433,10 @@ class Trainer:
                 atomic_write_json(zs_path, zero_shot)
                 if not cfg.quiet:
                     print("zero-shot: " + _fmt(zero_shot), file=sys.stderr)
+        before = self.phases.seconds["setup"]
         with self.phases("setup"):  # the store's first fill, indexes: training work, counted in the time
-            t = time.perf_counter()
             self.setup_sampler()
-            self.seconds += time.perf_counter() - t
+        self.seconds += self.phases.seconds["setup"] - before
         self.model.train()
         from tqdm.auto import tqdm
 
