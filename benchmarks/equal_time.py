@@ -10,7 +10,9 @@ Methods: in-batch; mine-once (`negminer mine` with the starting model, FlagEmbed
 ranks 10-210, then k per step drawn from each query's list, shared across the batch as
 sentence-transformers' MultipleNegativesRankingLoss and FlagEmbedding do; the mining time is taken
 from the budget); the negative cache (1% refreshed per step); the cache with shared negatives; the
-cache with --negative-grad none; the streaming cache; and the combination of the last two ideas.
+cache with --negative-grad none; the streaming cache; the combination of the last two ideas; and the
+streaming cache as a memory bank (XBM, MoCo: recent positives' embeddings as they were computed in
+training, 32 negatives per query drawn from them with no target-tower work).
 Constant learning rate after a fixed warm-up for all (a time budget has no known last step).
 
     python benchmarks/equal_time.py --preset static --budgets 60 180 --seeds 0
@@ -43,9 +45,9 @@ from negminer.train.phases import PHASES  # noqa: E402
 
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", batch_size=64, lr=0.01, k=8, qlen=32, tlen=32, warmup=30,
-                   stream=8192),
+                   stream=8192, bank=8192, bank_k=32),
     "minilm": dict(data="scifact", encoder="minilm", batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48, warmup=4,
-                   stream=256),
+                   stream=256, bank=1024, bank_k=32),
 }
 MINE = dict(skip=10, top_k=200)  # FlagEmbedding's hn_mine default range_for_sampling 10-210
 
@@ -65,6 +67,10 @@ def methods(p) -> dict[str, list[str]]:
         "cache bf16": [*cache, "--store-dtype", "bf16"],
         "cache-stream bf16": ["--negatives", "cache-stream", *k, "--cache-size", str(p["stream"]), "--store-dtype", "bf16"],
         "cache grad-none bf16": [*cache, "--negative-grad", "none", "--store-dtype", "bf16"],
+        # a memory bank (XBM, MoCo): the queue holds the positives' training-mode embeddings of the last steps,
+        # negatives are drawn from it and used as cached, so they cost no target-tower work at all
+        "stream bank": ["--negatives", "cache-stream", "--num-negatives", str(p["bank_k"]), "--cache-size",
+                        str(p["bank"]), "--negative-grad", "none", "--write-back", "train"],
     }
 
 
