@@ -35,12 +35,18 @@ class TrainConfig:
     inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
-    refresh_every: int = field(default=0, metadata={"help": "exact/ance: re-encode all targets every R steps (0: 1 for exact, 100 for ance)"})
+    refresh: str = field(default="auto", metadata={"help": "refreshers after each step, comma-separated: write-back, "
+                         "fraction, full, nystrom; auto: the sampler's (cache: write-back, + fraction with "
+                         "--refresh-fraction; cache-stream: write-back; exact, ance: full)"})
+    refresh_every: int = field(default=0, metadata={"help": "full refresh: re-encode all targets every R steps (0: 1 for exact, 100 otherwise)"})
+    nystrom_landmarks: int = field(default=0, metadata={"help": "nystrom: landmarks re-encoded per update (0: 2 x the embedding size)"})
+    nystrom_every: int = field(default=50, metadata={"help": "nystrom: steps between updates"})
+    nystrom_ridge: float = field(default=1e-3, metadata={"help": "nystrom: ridge towards the identity map (relative)"})
     selection: str = field(default="sample", metadata={"help": "exact: sample | topk"})
     ance_top: int = field(default=100, metadata={"help": "ance: draw among the index's top K"})
     cache_size: int = field(default=0, metadata={"help": "cache: targets cached (0: all); cache-stream: queue length"})
-    refresh_fraction: float = field(default=0.0, metadata={"help": "cache: fraction re-encoded per step"})
-    refresh_order: str = field(default="oldest", metadata={"help": "cache: oldest | random"})
+    refresh_fraction: float = field(default=0.0, metadata={"help": "fraction refresh: share of the sampler's rows re-encoded per step"})
+    refresh_order: str = field(default="oldest", metadata={"help": "fraction refresh: oldest | random"})
     prefilter_top: int = field(default=0, metadata={"help": "cache: sample among each query's top K from an IVF index (0: all)"})
     prefilter_nprobe: int = field(default=8, metadata={"help": "cache prefilter: lists probed per query"})
     prefilter_nlist: int = field(default=0, metadata={"help": "cache prefilter: IVF lists (0: sqrt(M))"})
@@ -85,7 +91,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def refresh_period(self) -> int:
-        return self.refresh_every or (100 if self.negatives == "ance" else 1)
+        return self.refresh_every or (1 if self.negatives == "exact" else 100)
 
     def total_steps(self, batches_per_epoch: int) -> int:
         if self.steps > 0:
@@ -204,9 +210,17 @@ def _validate(cfg: TrainConfig) -> None:
          "--loss cache-surrogate needs --negatives cache, cache-stream or exact"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
+    checks.append((cfg.nystrom_landmarks >= 0 and cfg.nystrom_every >= 1 and cfg.nystrom_ridge >= 0,
+                   "nystrom_landmarks and nystrom_ridge must be >= 0, nystrom_every >= 1"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    from negminer.refreshers import refresh_names
+
+    try:
+        refresh_names(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:

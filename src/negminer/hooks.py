@@ -12,7 +12,7 @@ from __future__ import annotations
 class DiagnosticsHook:
     """Sampler diagnostics (diagnostics.py) every ``every`` steps or at the steps in ``at``.
 
-    For samplers refreshed every R steps (exact, ance), periodic diagnostics are shifted by R // 2
+    With a full refresh every R steps (exact, ance), periodic diagnostics are shifted by R // 2
     so that they never measure an index refreshed on the step before."""
 
     def __init__(self, every: int = 0, at=(), batches: int = 1):
@@ -23,7 +23,7 @@ class DiagnosticsHook:
             return True
         if not self.every:
             return False
-        period = getattr(trainer.sampler, "refresh_every", 0) if hasattr(trainer.sampler, "refreshed_at") else 0
+        period = next((r.every for r in getattr(trainer, "refreshers", ()) if r.name == "full"), 0)
         return step % self.every == (period // 2) % self.every
 
     def on_step(self, trainer, step: int):

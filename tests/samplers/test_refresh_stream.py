@@ -7,6 +7,7 @@ import pytest
 import torch
 from samplerkit import batch, encoder, make_store, unit
 
+from negminer.refreshers import Fraction, Fresh
 from negminer.samplers import AnceSampler, CacheSampler, CacheStreamSampler, ExactSampler, UniformSampler
 
 
@@ -19,8 +20,10 @@ def make(n=50, d=8, seed=0):
 def test_cache_refresh_oldest_first_counts_and_ages():
     E, store, model = make()
     enc = encoder(store, model)
-    s = CacheSampler(4, cache_size=20, refresh_fraction=0.1, refresh_order="oldest", seed=3)
+    s = CacheSampler(4, cache_size=20, seed=3)
     s.setup(store, model, 0, encode=enc)
+    r = Fraction(0.1, "oldest")
+    r.setup(store, s.pool_rows(store), enc, seed=3)
     rows = s.rows
     assert len(rows) == 20 and store.target_encodes == 20 and (store.age[rows] == 0).all()
     assert (store.age[[r for r in range(50) if r not in set(rows.tolist())]] == -1).all()
@@ -28,21 +31,22 @@ def test_cache_refresh_oldest_first_counts_and_ages():
     d = s.sample(E[:3], b, store)
     assert d.ids.shape == (3, 4) and set(d.ids.flatten().tolist()) <= set(rows.tolist())
     written = torch.cat([d.ids.flatten(), rows[:3]]).unique()
-    store.write(written, E[written], 4)  # the trainer's write-back during step 4
-    s.update(b, d, model, store, 5, encode=enc)  # then the 2 oldest are re-encoded at 5
+    store.write(written, E[written], 4)  # the write-back during step 4
+    r.after_step(Fresh(4, rows[:3], E[rows[:3]]))  # then the 2 oldest are re-encoded at 5
     assert store.target_encodes == 22 and model.calls == 22
-    expected = [int(r) for r in rows if int(r) not in set(written.tolist())][:2]  # age 0, ties by row
-    assert sorted(int(r) for r in rows if store.age[r] == 5) == expected
+    expected = [int(x) for x in rows if int(x) not in set(written.tolist())][:2]  # age 0, ties by row
+    assert sorted(int(x) for x in rows if store.age[x] == 5) == expected
 
 
 def test_cache_refresh_random_is_seeded_and_without_repeats():
     ages = []
     for _ in range(2):
         E, store, model = make()
-        s = CacheSampler(2, refresh_fraction=0.2, refresh_order="random", seed=1)
+        s = CacheSampler(2, seed=1)
         s.setup(store, model, 0, encode=encoder(store, model))
-        b = batch(E, [0, 1])
-        s.update(b, s.sample(E[:2], b, store), model, store, 1, encode=encoder(store, model))
+        r = Fraction(0.2, "random")
+        r.setup(store, s.pool_rows(store), encoder(store, model), seed=1)
+        r.after_step(Fresh(0, torch.tensor([0, 1]), E[[0, 1]]))
         ages.append(store.age.clone())
     assert torch.equal(ages[0], ages[1]) and int((ages[0] == 1).sum()) == 10
 

@@ -121,7 +121,7 @@ def test_store_holds_eval_mode_embeddings_when_the_tower_has_dropout(tiny_beir, 
     gap = (tr.store.embeddings(rows) - tr.store.embed(rows, tr.model)).norm(dim=1).max()
     if mode == "eval":  # re-encoded in eval mode after the step (counted); staleness is model drift only
         assert tr.store.target_encodes == before + len(rows)
-        assert gap < 1e-4 and tr.sampler.last_stats["staleness"] < 1e-6
+        assert gap < 1e-4 and tr.last_stats()["staleness"] < 1e-6
     else:  # the training forward's embeddings: free, but with dropout noise, so no staleness is claimed
         assert tr.store.target_encodes == before and gap > 1e-2
-        assert "staleness" not in tr.sampler.last_stats
+        assert "staleness" not in tr.last_stats()

@@ -1,9 +1,9 @@
 """Samplers: which negatives for these queries, with which inclusion probability.
 
 Interface (see base.py): ``sample(q [B, d] detached, batch, store) -> Draw(ids [B, k], mask, log_pi,
-pool_log_pi, log_z)``; ``update(...)`` after the step re-encodes what the sampler wants refreshed
-(through the trainer's ``encode``, so every target encode is counted in one place). A sampler never
-encodes with gradient. In-batch negatives are added by the trainer unless ``--no-inbatch``.
+pool_log_pi, log_z)``; ``setup`` fills what it reads once (through the trainer's ``encode``, so every
+target encode is counted in one place); keeping the store fresh is the refreshers' job
+(refreshers/). A sampler never encodes with gradient. In-batch negatives are added by the trainer unless ``--no-inbatch``.
 """
 
 from negminer.samplers.ance import AnceSampler
@@ -40,12 +40,11 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
     if name == "uniform":
         return UniformSampler(k, **common)
     if name == "exact":
-        return ExactSampler(k, refresh_every=cfg.refresh_period(), selection=cfg.selection, **common)
+        return ExactSampler(k, selection=cfg.selection, **common)
     if name == "ance":
-        return AnceSampler(k, refresh_every=cfg.refresh_period(), top=cfg.ance_top, **common)
+        return AnceSampler(k, top=cfg.ance_top, **common)
     if name == "cache":
-        return CacheSampler(k, cache_size=cfg.cache_size, refresh_fraction=cfg.refresh_fraction,
-                            refresh_order=cfg.refresh_order, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
+        return CacheSampler(k, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
                             prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
                             prefilter_rebuild=cfg.prefilter_rebuild, **common)
     return CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)

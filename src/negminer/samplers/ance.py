@@ -1,9 +1,10 @@
 """ANCE: negatives from an index that is rebuilt every R steps.
 
 Xiong et al., "Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text
-Retrieval", ICLR 2021. Every R steps re-encode all targets and rebuild the index (FAISS flat inner
-product if installed, else exact search); between refreshes the index is stale. For each query,
-take the top-K of the index (positives and duplicates removed) and draw k of them uniformly.
+Retrieval", ICLR 2021. Every R steps the full refresher re-encodes all targets (refreshers/full.py)
+and the index (FAISS flat inner product if installed, else exact search over the store) is rebuilt
+before the next draw: the store tells it that rows changed. Between refreshes it is stale. For each
+query, take the top-K of the index (positives and duplicates removed) and draw k of them uniformly.
 
 Example::  negminer train --negatives ance --refresh-every 100 --ance-top 100
 """
@@ -19,11 +20,10 @@ from negminer.samplers.base import Draw, Sampler
 
 class AnceSampler(Sampler):
     name = "ance"
-    write_back = False
 
-    def __init__(self, k: int, refresh_every: int = 100, top: int = 100, **kw):
+    def __init__(self, k: int, top: int = 100, **kw):
         super().__init__(k, **kw)
-        self.refresh_every, self.top, self.index = max(1, refresh_every), top, None
+        self.top, self.index, self.dirty, self._watched = top, None, True, None
 
     def pool_size(self, store):
         return min(self.top, store.n)
@@ -31,9 +31,16 @@ class AnceSampler(Sampler):
     def setup(self, store, model, step, encode=None):
         if int(store.age.min()) < 0:
             encode(torch.arange(store.n), step)
+        if self._watched is not store:  # any write (a refresher's) makes the index stale: rebuilt when next read
+            store.listeners.append(self._changed)
+            self._watched = store
         self._build(store)
 
+    def _changed(self, rows, step):
+        self.dirty = True
+
     def _build(self, store):
+        self.dirty = False
         try:
             import faiss
 
@@ -44,6 +51,8 @@ class AnceSampler(Sampler):
             self.index = None
 
     def _search(self, q, store, k):
+        if self.dirty:
+            self._build(store)
         if self.index is not None:
             s, i = self.index.search(q.float().cpu().contiguous().numpy(), k)
             return torch.from_numpy(s), torch.from_numpy(i).long()
@@ -61,14 +70,6 @@ class AnceSampler(Sampler):
         keys = keys.masked_fill(torch.arange(ids.shape[1]) - rank >= self.top, math.inf)
         pick = keys.topk(min(self.k, ids.shape[1]), dim=1, largest=False).indices
         return Draw(ids.gather(1, pick), torch.isinf(keys.gather(1, pick)))
-
-    def update(self, batch, draw, model, store, step, encode=None):
-        if step % self.refresh_every == 0:
-            encode(torch.arange(store.n), step)
-            self._build(store)
-
-    def refreshed_at(self, step: int) -> bool:
-        return step % self.refresh_every == 0
 
     def proposal(self, q, batch, store):
         extra = int(torch.bincount(batch.excl.qi, minlength=len(q)).max()) if len(batch.excl.qi) else 0

@@ -74,7 +74,12 @@ class Sampler:
         raise NotImplementedError
 
     def update(self, batch: Batch, draw: Draw, model, store, step: int, encode=None) -> None:
-        """After the optimiser step (``step`` = the next step's index): refresh what the sampler reads."""
+        """After the optimiser step and the write-back (``step`` = the next step's index): the sampler's own
+        bookkeeping (the streaming queue). Re-encoding is the refreshers' job (refreshers/)."""
+
+    def pool_rows(self, store) -> torch.Tensor | None:
+        """The store rows the sampler reads, for the refreshers (None: all)."""
+        return None
 
     def pool_size(self, store) -> int:
         """How many targets the sampler draws from (for option checks)."""

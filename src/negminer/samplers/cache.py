@@ -10,36 +10,31 @@ sampled softmax whose weights pi_j (inclusion probabilities) make it unbiased (`
 Optional approximate top-K prefilter (``--prefilter-top K``, prefilter.py): sample among each
 query's K best cached targets found by an IVF index (a truncated softmax) instead of scoring all M.
 
-Refresh: the trainer writes the drawn targets and the batch's positives back (eval-mode
-embeddings), and a fraction of the cache is re-encoded each step, oldest first or at random.
+Refresh (refreshers/): by default the drawn targets and the batch's positives are written back
+(write-back) and, with --refresh-fraction, a share of the cache is re-encoded each step (fraction);
+``--refresh`` adds Nystrom updates or periodic full refreshes.
 
 Example::  negminer train --negatives cache --num-negatives 8 --refresh-fraction 0.01
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from negminer.samplers.base import Sampler, dense_draw, stream_draw
 from negminer.samplers.prefilter import IVFPrefilter
 from negminer.samplers.proposal import store_proposal
-from negminer.store.oldest import OldestFirst
 
 
 class CacheSampler(Sampler):
     name = "cache"
-    write_back = True
 
-    def __init__(self, k: int, cache_size: int = 0, refresh_fraction: float = 0.0, refresh_order: str = "oldest",
-                 seed: int = 0, prefilter_top: int = 0, prefilter_nprobe: int = 8, prefilter_rebuild: int = 100,
-                 prefilter_nlist: int = 0, **kw):
+    def __init__(self, k: int, cache_size: int = 0, seed: int = 0, prefilter_top: int = 0, prefilter_nprobe: int = 8,
+                 prefilter_rebuild: int = 100, prefilter_nlist: int = 0, **kw):
         super().__init__(k, **kw)
-        self.cache_size, self.refresh_fraction, self.refresh_order, self.seed = cache_size, refresh_fraction, refresh_order, seed
+        self.cache_size, self.seed = cache_size, seed
         self.rows: torch.Tensor | None = None  # sorted store rows in the cache (None until setup)
         self.full = False
-        self.queue: OldestFirst | None = None
         self.prefilter = IVFPrefilter(prefilter_top, nlist=prefilter_nlist, nprobe=prefilter_nprobe,
                                       rebuild_every=prefilter_rebuild, seed=seed) if prefilter_top > 0 else None
 
@@ -55,8 +50,9 @@ class CacheSampler(Sampler):
         never = self.rows[store.age[self.rows] < 0]
         if len(never):
             encode(never, step)
-        if self.refresh_fraction > 0 and self.refresh_order == "oldest" and self.queue is None:
-            self.queue = OldestFirst(store, None if self.full else self.rows)
+
+    def pool_rows(self, store):
+        return None if self.full else self.rows
 
     def _candidates(self, q, store, step):
         """Per query: the prefilter's top-K store rows and their scores [B, K] (-inf: padding)."""
@@ -69,26 +65,6 @@ class CacheSampler(Sampler):
         if self.prefilter is not None:
             return dense_draw(self, q.cpu(), batch, *self._candidates(q, store, batch.step))
         return stream_draw(self, q, batch, store, None if self.full else self.rows)
-
-    def refresh_rows(self, step: int) -> torch.Tensor:
-        count = math.ceil(self.refresh_fraction * len(self.rows)) if self.refresh_fraction > 0 else 0
-        if not count:
-            return torch.zeros(0, dtype=torch.long)
-        if self.queue is not None:
-            return self.queue.pop(count)
-        g = torch.Generator().manual_seed(self.seed * 7919 + step)  # O(count) draws, not a permutation of M
-        if 4 * count > len(self.rows):
-            return self.rows[torch.randperm(len(self.rows), generator=g)[:count]]
-        seen: dict[int, None] = {}
-        while len(seen) < count:
-            for p in torch.randint(len(self.rows), (2 * count,), generator=g).tolist():
-                seen.setdefault(p)
-                if len(seen) == count:
-                    break
-        return self.rows[torch.tensor(list(seen), dtype=torch.long)]
-
-    def update(self, batch, draw, model, store, step, encode=None):
-        encode(self.refresh_rows(step), step)
 
     def proposal(self, q, batch, store):
         if self.prefilter is not None:  # truncated to the prefilter's candidates

@@ -21,7 +21,6 @@ from negminer.samplers.proposal import store_proposal
 
 class CacheStreamSampler(Sampler):
     name = "cache-stream"
-    write_back = True
 
     def __init__(self, k: int, cache_size: int = 4096, policy: str = "fifo", **kw):
         super().__init__(k, **kw)

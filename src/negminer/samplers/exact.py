@@ -1,6 +1,7 @@
 """Exact softmax negatives: the oracle every approximation is measured against.
 
-Re-encode all N targets with the current model every R steps (R=1: truly exact), then draw k
+The store holds all N targets, re-encoded with the current model every R steps by the full
+refresher (R=1: truly exact; refreshers/full.py), and the sampler draws k
 negatives from softmax(q . g(t) / tau_s) in one streaming pass (``selection='sample'``: Gumbel-top-k
 with inclusion probabilities, or with replacement) or take the exact top-k (``selection='topk'``,
 no correction). Costs N target encodes per refresh: only for small N.
@@ -18,11 +19,10 @@ from negminer.samplers.proposal import store_proposal
 
 class ExactSampler(Sampler):
     name = "exact"
-    write_back = False
 
-    def __init__(self, k: int, refresh_every: int = 1, selection: str = "sample", **kw):
+    def __init__(self, k: int, selection: str = "sample", **kw):
         super().__init__(k, **kw)
-        self.refresh_every, self.selection = max(1, refresh_every), selection
+        self.selection = selection
 
     def setup(self, store, model, step, encode=None):
         if int(store.age.min()) < 0:  # never filled (a resumed run restores the store instead)
@@ -30,13 +30,6 @@ class ExactSampler(Sampler):
 
     def sample(self, q, batch, store):
         return stream_draw(self, q, batch, store, None, selection=self.selection)
-
-    def update(self, batch, draw, model, store, step, encode=None):
-        if step % self.refresh_every == 0:  # step is the next step's index
-            encode(torch.arange(store.n), step)
-
-    def refreshed_at(self, step: int) -> bool:
-        return step % self.refresh_every == 0
 
     def proposal(self, q, batch, store):
         return store_proposal(self, q, batch, store, None)

@@ -28,7 +28,6 @@ class InBatchSampler(Sampler):
 
     name = "inbatch"
     needs_store = False
-    write_back = False
 
     def sample(self, q, batch, store):
         return Draw.empty(len(q))

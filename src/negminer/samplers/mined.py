@@ -22,7 +22,6 @@ from negminer.samplers.base import Batch, Draw, Sampler
 
 class MinedSampler(Sampler):
     name = "mined"
-    write_back = False
     needs_store = False
 
     def __init__(self, k: int, lists: list[list[int]] | None = None, **kw):

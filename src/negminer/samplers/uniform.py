@@ -19,7 +19,6 @@ from negminer.samplers.base import Batch, Draw, Sampler
 
 class UniformSampler(Sampler):
     name = "uniform"
-    write_back = False
 
     def sample(self, q, batch: Batch, store) -> Draw:
         b, n = len(q), store.n

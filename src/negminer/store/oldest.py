@@ -47,6 +47,8 @@ class OldestFirst:
         if rows is None:  # the whole store was replaced (resume)
             self.rebuild()
             return
+        if step is None:  # moved without re-encoding (Nystrom): ages, hence the order, unchanged
+            return
         if self.member is not None:
             rows = rows[self.member[rows]]
         if not len(rows):

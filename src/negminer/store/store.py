@@ -6,8 +6,8 @@ Embeddings are fp32, fp16 or bf16; in memory on the CPU or an accelerator, or me
 a ``.npy`` file (N x d beyond RAM). Scoring (``score_chunks``) reads the store in chunks, in its own
 dtype where the hardware multiplies it natively (CPU: bf16 and fp32; fp16 chunks are widened to
 fp32), into reused buffers, on the scoring device; a CPU or memory-mapped store feeding a GPU goes
-through pinned staging buffers. Whoever indexes the store (the oldest-first refresh queue, an IVF
-prefilter) subscribes to ``on_write`` and learns which rows changed.
+through pinned staging buffers. Whoever indexes the store (the oldest-first refresh queue, ANCE's
+index) subscribes to ``listeners`` and learns which rows changed (and whether they were re-encoded).
 
 Re-encoding rows (``encode``) runs the target tower without gradient, in eval mode (the store holds
 eval-mode embeddings), under the trainer's autocast, writes rows and ages and counts
@@ -173,19 +173,16 @@ class TargetStore:
         e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long).to(self.emb.device)]
         return e.float().cpu()
 
-    def staleness(self, rows, fresh: torch.Tensor) -> float:
-        """Mean over rows of ||cached - fresh||^2 / ||fresh||^2 (before writing fresh back)."""
-        stale = self.embeddings(rows)
-        fresh = fresh.detach().float().cpu()
-        return float(((stale - fresh).pow(2).sum(1) / fresh.pow(2).sum(1).clamp(min=1e-12)).mean())
-
     # ---- writing --------------------------------------------------------------------------
-    def write(self, rows, emb: torch.Tensor, step: int) -> None:
+    def write(self, rows, emb: torch.Tensor, step: int | None) -> None:
+        """Store embeddings computed elsewhere; ``step``: when they were encoded (None: moved, not
+        re-encoded, as a Nystrom update does: ages kept). Listeners get (rows, step)."""
         rows = torch.as_tensor(rows, dtype=torch.long).cpu()
         if not len(rows):
             return
         self.emb[rows.to(self.emb.device)] = emb.detach().to(self.emb.device, DTYPES[self.dtype])
-        self.age[rows] = step
+        if step is not None:
+            self.age[rows] = step
         for fn in self.listeners:
             fn(rows, step)
 

@@ -2,7 +2,8 @@
 
 Phases: setup (the sampler's setup before the first step: filling the store, building indexes),
 query_encode, target_encode_pos, sample, target_encode_neg, loss_backward, optimizer,
-write_back (the store writes, eval-mode re-encodes included), refresh (the sampler's update).
+write_back (the write-back refresher: store writes, eval-mode re-encodes included), refresh (the
+other refreshers and the sampler's own update).
 On a GPU each boundary synchronises, so the split is true (and the step slightly slower).
 """
 

@@ -26,6 +26,7 @@ from negminer.errors import ConfigError, TrainingDiverged
 from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
 from negminer.hooks import default_hooks
 from negminer.losses import build_loss, loss_inputs
+from negminer.refreshers import Fresh, build_refreshers
 from negminer.samplers import Batch, Draw, Exclusions, build_sampler
 from negminer.store import TargetStore
 from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
@@ -138,6 +139,9 @@ class Trainer:
             self.store = self._make_store(resume=False)
         self._check_pool()
         self.tower_dropout = has_dropout(self.model.target_tower)
+        uses_store = self.store is not None and self.sampler.k and self.sampler.needs_store
+        self.refreshers = build_refreshers(cfg, self.model.dim, self.tower_dropout) if uses_store else []
+        self.step_stats: dict = {}  # this step's sampling stats (drawn_age), for the log
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = adamw(
@@ -196,6 +200,15 @@ class Trainer:
     def setup_sampler(self) -> None:
         if self.store is not None:
             self.sampler.setup(self.store, self.model, self.step, encode=self.encode_rows)
+            for r in self.refreshers:
+                r.setup(self.store, self.sampler.pool_rows(self.store), self.encode_rows, self.cfg.seed)
+
+    def last_stats(self) -> dict:
+        """The last step's sampler and refresher statistics (staleness, drawn_age, nystrom_*)."""
+        out = {**self.sampler.last_stats, **self.step_stats}
+        for r in self.refreshers:
+            out.update(r.stats)
+        return out
 
     # ---- one step -------------------------------------------------------------------------
     def _batch(self, step: int):
@@ -294,10 +307,20 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
         if self.store is not None:
-            with ph("write_back"):
-                self.write_back(batch, draw, p, uniq, fresh, step, cached)
+            self.step_stats = {}
+            drawn = uniq if cached is None else cached
+            if drawn is not None and len(drawn):  # how stale the rows it drew were (before any refresh)
+                self.step_stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
+            f = Fresh(step, batch.pos_rows, p.detach(), uniq, None if fresh is None else fresh.detach())
+            for r in self.refreshers:
+                if r.phase == "write_back":
+                    with ph("write_back"):
+                        r.after_step(f)
             with ph("refresh"):
                 self.sampler.update(batch, draw, m, self.store, step + 1, encode=self.encode_rows)
+                for r in self.refreshers:
+                    if r.phase != "write_back":
+                        r.after_step(f)
         return float(loss.detach())
 
     def cached_negatives(self, draw: Draw, device):
@@ -307,39 +330,6 @@ class Trainer:
         rows = draw.ids[ok].unique()
         emb = self.store.embeddings(draw.ids.reshape(-1)).view(*draw.ids.shape, -1)
         return emb.masked_fill(draw.mask.unsqueeze(-1), 0.0).to(device), rows
-
-    def write_back(self, batch, draw, p, uniq, fresh, step: int, cached=None) -> None:
-        """Put the drawn targets and the positives back into the store (see the module docstring);
-        ``cached``: rows drawn with --negative-grad none (nothing fresh to write; their age is recorded)."""
-        mode = self.cfg.write_back
-        if cached is not None:
-            self.sampler.last_stats = {"drawn_age": float((step - self.store.age[cached].float()).mean())}
-        if mode == "none" or not getattr(self.sampler, "write_back", False):
-            return
-        rows = batch.pos_rows if uniq is None else torch.cat([uniq, batch.pos_rows])
-        emb = p.detach() if uniq is None else torch.cat([fresh.detach(), p.detach()])
-        rows, first = _first_occurrence(rows)
-        emb = emb[first.to(emb.device)].float()
-        stats = {}
-        if uniq is not None:
-            drawn = uniq
-            stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
-        if mode == "eval" and self.tower_dropout:
-            if uniq is not None:
-                before = self.store.embeddings(drawn)
-                new = self.encode_rows(rows, step + 1)[: len(drawn)]
-                stats["staleness"] = _staleness(before, new)
-            else:
-                self.encode_rows(rows, step + 1)
-        else:
-            if not bool(torch.isfinite(emb).all()):
-                raise TrainingDiverged(f"a fresh target embedding is not finite at step {step}; the store was not changed")
-            if uniq is not None and not (mode == "train" and self.tower_dropout):
-                stats["staleness"] = _staleness(self.store.embeddings(drawn), emb[: len(drawn)])
-            self.store.write(rows, emb, step)
-        if cached is not None:
-            stats["drawn_age"] = self.sampler.last_stats["drawn_age"]
-        self.sampler.last_stats = stats
 
     def eval_due(self) -> bool:
         """--eval-every N steps, or --eval-every-seconds S of training time (a curve against wall time)."""
@@ -458,7 +448,7 @@ class Trainer:
                 row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
                        "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
                        "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
-                       **{k: round(v, 6) for k, v in self.sampler.last_stats.items()}}
+                       **{k: round(v, 6) for k, v in self.last_stats().items()}}
             for hook in self.hooks:
                 extra = hook.on_step(self, self.step)
                 if extra:
@@ -486,21 +476,6 @@ class Trainer:
                             "phases": self.phases.rounded(), "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
         return metrics
-
-
-def _first_occurrence(rows: torch.Tensor):
-    """Distinct rows and the index of each one's first occurrence."""
-    uniq, inv = rows.unique(return_inverse=True)
-    first = torch.full((len(uniq),), len(rows), dtype=torch.long).scatter_reduce_(
-        0, inv, torch.arange(len(rows)), reduce="amin")
-    order = first.argsort()
-    return uniq[order], first[order]
-
-
-def _staleness(stale: torch.Tensor, fresh: torch.Tensor) -> float:
-    """Mean over rows of ||stale - fresh||^2 / ||fresh||^2."""
-    stale, fresh = stale.float().cpu(), fresh.detach().float().cpu()
-    return float(((stale - fresh).pow(2).sum(1) / fresh.pow(2).sum(1).clamp(min=1e-12)).mean())
 
 
 def _jsonl(row: dict) -> str:
