@@ -36,7 +36,7 @@ class TrainConfig:
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
     refresh: str = field(default="auto", metadata={"help": "refreshers after each step, comma-separated: write-back, "
-                         "fraction, full, nystrom; auto: the sampler's (cache: write-back, + fraction with "
+                         "fraction, full, nystrom; auto: the sampler's (cache, tree: write-back, + fraction with "
                          "--refresh-fraction; cache-stream: write-back; exact, ance: full)"})
     refresh_every: int = field(default=0, metadata={"help": "full refresh: re-encode all targets every R steps (0: 1 for exact, 100 otherwise)"})
     nystrom_landmarks: int = field(default=0, metadata={"help": "nystrom: landmarks re-encoded per update (0: 2 x the embedding size)"})
@@ -51,6 +51,9 @@ class TrainConfig:
     prefilter_nprobe: int = field(default=8, metadata={"help": "cache prefilter: lists probed per query"})
     prefilter_nlist: int = field(default=0, metadata={"help": "cache prefilter: IVF lists (0: sqrt(M))"})
     prefilter_rebuild: int = field(default=100, metadata={"help": "cache prefilter: rebuild the index every N steps"})
+    tree_beam: int = field(default=32, metadata={"help": "tree: nodes expanded per level per query (sets the acceptance rate, not the distribution)"})
+    tree_branching: int = field(default=16, metadata={"help": "tree: children per node"})
+    tree_leaf_size: int = field(default=64, metadata={"help": "tree: rows per leaf at build"})
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
@@ -176,9 +179,9 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.time_budget >= 0 and cfg.eval_every_seconds >= 0, "time_budget and eval_every_seconds must be >= 0"),
         (cfg.schedule in ("linear", "constant"), "schedule must be linear or constant"),
         (cfg.negative_grad in ("target", "none"), "negative_grad must be target or none"),
-        (cfg.negative_grad == "target" or cfg.negatives in ("cache", "cache-stream", "exact", "ance"),
+        (cfg.negative_grad == "target" or cfg.negatives in ("cache", "cache-stream", "exact", "ance", "tree"),
          "--negative-grad none reads the drawn negatives from the store: it needs --negatives cache, cache-stream, "
-         "exact or ance"),
+         "exact, ance or tree"),
         (not cfg.share_negatives or cfg.loss == "softmax", "--share-negatives needs --loss softmax"),
         (not cfg.share_negatives or cfg.prefilter_top == 0,
          "--share-negatives cannot correct --prefilter-top draws (per-query candidate lists)"),
@@ -206,8 +209,10 @@ def _validate(cfg: TrainConfig) -> None:
          "prefilter_top and prefilter_nlist must be >= 0, prefilter_nprobe and prefilter_rebuild > 0"),
         (cfg.prefilter_top == 0 or cfg.negatives == "cache", "--prefilter-top needs --negatives cache"),
         (0 <= cfg.refresh_fraction <= 1, "refresh_fraction is a fraction in [0, 1]"),
-        (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact"),
-         "--loss cache-surrogate needs --negatives cache, cache-stream or exact"),
+        (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact", "tree"),
+         "--loss cache-surrogate needs --negatives cache, cache-stream, exact or tree"),
+        (cfg.tree_beam >= 1 and cfg.tree_branching >= 2 and cfg.tree_leaf_size >= 1,
+         "tree_beam and tree_leaf_size must be >= 1, tree_branching >= 2"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
     checks.append((cfg.nystrom_landmarks >= 0 and cfg.nystrom_every >= 1 and cfg.nystrom_ridge >= 0,

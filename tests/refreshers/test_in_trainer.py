@@ -12,6 +12,7 @@ from negminer.train.trainer import Trainer
 SAMPLERS = {"cache": {"negatives": "cache"},
             "cache-prefilter": {"negatives": "cache", "prefilter_top": 16, "prefilter_nprobe": 2, "prefilter_rebuild": 3},
             "exact": {"negatives": "exact"},
+            "tree": {"negatives": "tree", "tree_beam": 2, "tree_branching": 4, "tree_leaf_size": 8},
             "ance": {"negatives": "ance", "ance_top": 20}}
 REFRESHERS = {"write-back": {"refresh": "write-back"},
               "fraction": {"refresh": "fraction", "refresh_fraction": 0.05, "refresh_order": "oldest"},

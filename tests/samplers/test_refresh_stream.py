@@ -8,7 +8,7 @@ import torch
 from samplerkit import batch, encoder, make_store, unit
 
 from negminer.refreshers import Fraction, Fresh
-from negminer.samplers import AnceSampler, CacheSampler, CacheStreamSampler, ExactSampler, UniformSampler
+from negminer.samplers import AnceSampler, CacheSampler, CacheStreamSampler, ExactSampler, TreeSampler, UniformSampler
 
 
 def make(n=50, d=8, seed=0):
@@ -86,8 +86,9 @@ def test_stream_eviction_order(policy):
 
 SAMPLERS = [lambda: UniformSampler(30), lambda: ExactSampler(10), lambda: ExactSampler(10, selection="topk"),
             lambda: AnceSampler(10, top=20), lambda: CacheSampler(10), lambda: CacheSampler(10, replacement=True),
-            lambda: CacheSampler(10, prefilter_top=20, prefilter_nlist=5, prefilter_nprobe=5)]
-IDS = ["uniform", "exact", "exact-topk", "ance", "cache", "cache-repl", "cache-prefilter"]
+            lambda: CacheSampler(10, prefilter_top=20, prefilter_nlist=5, prefilter_nprobe=5),
+            lambda: TreeSampler(10, beam=2, branching=3, leaf_size=6)]
+IDS = ["uniform", "exact", "exact-topk", "ance", "cache", "cache-repl", "cache-prefilter", "tree"]
 
 
 @pytest.mark.parametrize("make_sampler", SAMPLERS, ids=IDS)

@@ -2,7 +2,7 @@
 
 ``--refresh`` names them, comma-separated (``auto``: the sampler's own, see ``auto_names``); they
 run in that order after every optimiser step, write-back first. Any store-based sampler (cache,
-prefiltered cache, exact, ance) works with any of them; cache-stream's queue takes write-back only.
+prefiltered cache, tree, exact, ance) works with any of them; cache-stream's queue takes write-back only.
 
 | name | re-encodes | moves | options |
 |---|---|---|---|
@@ -19,14 +19,14 @@ from negminer.refreshers.nystrom import Nystrom, fit_map
 from negminer.refreshers.write_back import WriteBack, first_occurrence
 
 NAMES = ("write-back", "fraction", "full", "nystrom")
-STORE_SAMPLERS = ("cache", "cache-stream", "exact", "ance")
+STORE_SAMPLERS = ("cache", "cache-stream", "exact", "ance", "tree")
 
 
 def auto_names(cfg) -> list[str]:
     """What each sampler refreshed before refreshers were parts of their own (and still does by default)."""
-    if cfg.negatives in ("cache", "cache-stream"):
+    if cfg.negatives in ("cache", "cache-stream", "tree"):
         out = [] if cfg.write_back == "none" else ["write-back"]
-        return out + (["fraction"] if cfg.negatives == "cache" and cfg.refresh_fraction > 0 else [])
+        return out + (["fraction"] if cfg.negatives != "cache-stream" and cfg.refresh_fraction > 0 else [])
     if cfg.negatives in ("exact", "ance"):
         return ["full"]
     return []

@@ -15,10 +15,11 @@ from negminer.samplers.exclusions import Exclusions
 from negminer.samplers.gumbel import gumbel_topk
 from negminer.samplers.inbatch import InBatchSampler, inbatch_mask
 from negminer.samplers.mined import MinedSampler
+from negminer.samplers.tree import TreeSampler
 from negminer.samplers.uniform import UniformSampler
 
 SAMPLERS = {"inbatch": InBatchSampler, "uniform": UniformSampler, "exact": ExactSampler, "ance": AnceSampler,
-            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler}
+            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler, "tree": TreeSampler}
 
 
 def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> Sampler:
@@ -47,8 +48,12 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
         return CacheSampler(k, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
                             prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
                             prefilter_rebuild=cfg.prefilter_rebuild, **common)
+    if name == "tree":
+        return TreeSampler(k, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
+                           seed=cfg.seed, **common)
     return CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
 
 
 __all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk", "inbatch_mask",
-           "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler"]
+           "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler",
+           "TreeSampler"]

@@ -1,0 +1,78 @@
+"""The tree sampler draws exactly from the softmax over usable rows (chi-square against the exact
+distribution, whatever the beam), its log Z bounds contain the exact log Z, its estimate of Z is
+unbiased, and it keeps drawing correctly after the store changes."""
+
+import math
+
+import torch
+from samplerkit import batch, encoder, make_store
+from scipy.stats import chisquare
+
+from negminer.samplers import TreeSampler
+
+
+def setup(n=600, d=8, beam=4, seed=0, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(12, d, generator=g)
+    E = torch.nn.functional.normalize(c[torch.randint(12, (n,), generator=g)] + 0.4 * torch.randn(n, d, generator=g), dim=1)
+    store, model = make_store(E)
+    s = TreeSampler(64, beam=beam, branching=4, leaf_size=16, seed=seed, sample_temperature=1 / scale)
+    s.setup(store, model, 0, encode=encoder(store, model))
+    return E, store, s
+
+
+def exact_p(q, E, excl, scale):
+    s = (q @ E.T) * scale
+    s[excl] = -math.inf
+    return torch.softmax(s, 0)
+
+
+def test_draws_follow_the_softmax_and_log_z_is_bounded():
+    E, store, s = setup()
+    q = E[[0, 300]] * 1.0
+    counts = torch.zeros(2, len(E))
+    zs = []
+    for step in range(60):
+        b = batch(E, [0, 300], [{0, 5}, {300}], step=step)
+        d = s.sample(q, b, store)
+        assert not bool(d.mask.any())
+        for i in range(2):
+            counts[i] += torch.bincount(d.ids[i], minlength=len(E)).float()
+        lo, up = s.log_z_bounds.unbind(1)
+        exact = [torch.logsumexp((q[i] @ E.T * 4.0).masked_fill(torch.tensor([r in ({0, 5}, {300})[i] for r in range(len(E))]), -math.inf), 0)
+                 for i in range(2)]
+        for i in range(2):
+            assert float(lo[i]) <= float(exact[i]) + 1e-4 <= float(up[i]) + 2e-4
+        zs.append((d.log_pi[:, 0] - math.log(64) - (q * E[d.ids[:, 0]]).sum(1) * 4.0).neg())  # log Z_hat
+        assert int(counts[0, 0] + counts[0, 5] + counts[1, 300]) == 0  # exclusions never drawn
+    for i, ex in enumerate([[0, 5], [300]]):
+        p = exact_p(q[i], E, ex, 4.0)
+        keep = p * counts[i].sum() >= 5  # chi-square on the cells with expected count >= 5, the rest pooled
+        obs = torch.cat([counts[i][keep], counts[i][~keep].sum().view(1)])
+        exp = torch.cat([p[keep], p[~keep].sum().view(1)]) * counts[i].sum()
+        assert chisquare(obs.numpy(), exp.numpy()).pvalue > 1e-3
+    zh = torch.stack(zs).exp().mean(0)  # E[Z_hat] = Z
+    for i, ex in enumerate([[0, 5], [300]]):
+        s_ = q[i] @ E.T * 4.0
+        s_[ex] = -math.inf
+        assert abs(float(zh[i]) / float(s_.exp().sum()) - 1) < 0.05
+
+
+def test_after_store_writes_the_bounds_and_draws_follow_the_new_embeddings():
+    E, store, s = setup(beam=2, seed=1)
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randint(len(E), (200,), generator=g)
+    new = torch.nn.functional.normalize(E[rows] + 0.8 * torch.randn(200, E.shape[1], generator=g), dim=1)
+    store.write(rows, new, 1)
+    E2 = store.embeddings()
+    assert s.tree.check(store.embeddings) <= 1e-5
+    q = E2[[10]]
+    counts = torch.zeros(len(E))
+    for step in range(60):
+        d = s.sample(q, batch(E2, [10], [{10}], step=step), store)
+        counts += torch.bincount(d.ids[0], minlength=len(E)).float()
+    p = exact_p(q[0], E2, [10], 4.0)
+    keep = p * counts.sum() >= 5
+    obs = torch.cat([counts[keep], counts[~keep].sum().view(1)])
+    exp = torch.cat([p[keep], p[~keep].sum().view(1)]) * counts.sum()
+    assert chisquare(obs.numpy(), exp.numpy()).pvalue > 1e-3
