@@ -1,7 +1,7 @@
 """The tree sampler against brute force: build time, time per step and the quality of its draws.
 
-Per row (n, d): a bf16 store of synthetic clustered unit vectors (n / 200 clusters, each row its
-cluster's centre plus noise, renormalised; queries drawn the same way), B = 64 queries, k = 64
+Per row (n, d, spread): a bf16 store of synthetic clustered unit vectors (n / 200 clusters, each row
+its cluster's centre plus Gaussian noise of norm ``spread``, renormalised; queries drawn the same way), B = 64 queries, k = 64
 negatives per query, logit scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
 
   build_seconds            KMeansTree over the store (branching 16, leaf 64),
@@ -47,22 +47,22 @@ def clustered(n: int, d: int, seed: int, centres: torch.Tensor | None = None, sp
     return torch.nn.functional.normalize(x, dim=1), centres
 
 
-def make_store(n: int, d: int):
+def make_store(n: int, d: int, spread: float):
     from negminer.store import TargetStore
 
     store = TargetStore(range(n), range(n), d, dtype="bf16")
     centres = torch.nn.functional.normalize(torch.randn(max(1, n // 200), d, generator=torch.Generator().manual_seed(0)), dim=1)
     for s in range(0, n, 1 << 20):
-        x, _ = clustered(min(1 << 20, n - s), d, seed=1 + s, centres=centres)
+        x, _ = clustered(min(1 << 20, n - s), d, seed=1 + s, centres=centres, spread=spread)
         store.emb[s:s + len(x)] = x.to(torch.bfloat16)
     store.age.zero_()
     return store, centres
 
 
-def batch_for(store, centres, step: int):
+def batch_for(store, centres, step: int, spread: float):
     from negminer.samplers import Batch, Exclusions
 
-    q, _ = clustered(B, store.dim, seed=10_000 + step, centres=centres)
+    q, _ = clustered(B, store.dim, seed=10_000 + step, centres=centres, spread=spread)
     g = torch.Generator().manual_seed(step)
     pos = torch.randint(store.n, (B,), generator=g)
     return q, Batch(step, pos, Exclusions([{int(p)} for p in pos], store.n), q, g, SCALE)
@@ -78,11 +78,11 @@ def best_ms(fn, reps: int) -> float:
     return best * 1000
 
 
-def tv_rows(store, centres, sampler, queries: int, steps: int):
+def tv_rows(store, centres, sampler, queries: int, steps: int, spread: float):
     """Mean TV of the tree's draws and of exact multinomial draws (same count) to the exact softmax."""
     from negminer.samplers import Batch, Exclusions
 
-    q = batch_for(store, centres, 999)[0][:queries]
+    q = batch_for(store, centres, 999, spread)[0][:queries]
 
     tv, tv0 = [], []
     counts = torch.zeros(queries, store.n)
@@ -104,12 +104,12 @@ def tv_rows(store, centres, sampler, queries: int, steps: int):
     return sum(tv) / len(tv), sum(tv0) / len(tv0)
 
 
-def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int) -> dict:
+def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int, spread: float) -> dict:
     from negminer.index import KMeansTree
     from negminer.samplers import ExactSampler, TreeSampler
 
     reset_peak_rss()
-    store, centres = make_store(n, d)
+    store, centres = make_store(n, d, spread)
     t = time.perf_counter()
     tree = KMeansTree(branching=16, leaf_size=64).build(store.embeddings, n)
     build = time.perf_counter() - t
@@ -117,14 +117,14 @@ def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int
     s.tree = tree
     s.setup(store, None, 0)
     ex = ExactSampler(K, replacement=True, sample_temperature=1 / SCALE)
-    batches = [batch_for(store, centres, i) for i in range(2 * reps + 2)]
+    batches = [batch_for(store, centres, i, spread) for i in range(2 * reps + 2)]
     it = iter(batches)
     samp = best_ms(lambda: s.sample(*next(it), store), reps)
     stats = dict(s.last_stats)
     it = iter(batches)
     brute = best_ms(lambda: ex.sample(*next(it), store), reps)
-    tv, tv0 = tv_rows(store, centres, s, tv_queries, tv_steps)
-    return {"n": n, "d": d, "dtype": "bf16", "b": B, "k": K, "beam": beam, "depth": tree.depth,
+    tv, tv0 = tv_rows(store, centres, s, tv_queries, tv_steps, spread)
+    return {"n": n, "d": d, "spread": spread, "dtype": "bf16", "b": B, "k": K, "beam": beam, "depth": tree.depth,
             "leaves": len(tree.members), "build_seconds": round(build, 2), "sample_ms_per_step": round(samp, 2),
             "bruteforce_ms_per_step": round(brute, 2), "speedup_vs_bruteforce": round(brute / samp, 2),
             "tv": round(tv, 4), "tv_exact_noise": round(tv0, 4), "tv_ratio": round(tv / tv0, 3),
@@ -133,13 +133,14 @@ def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int
 
 
 def table(rows) -> str:
-    head = ("| n | d | beam | build s | tree ms/step | brute force ms/step | speedup | TV | TV of an exact sample | "
-            "accept | log Z gap | peak RSS MB |")
+    head = ("| n | d | spread | beam | build s | tree ms/step | brute force ms/step | speedup | TV | TV of an exact sample | "
+            "accept | log Z gap | fallback | peak RSS MB |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
-        out.append(f"| {r['n']:,} | {r['d']} | {r['beam']} | {r['build_seconds']:.1f} | {r['sample_ms_per_step']:.1f} | "
+        out.append(f"| {r['n']:,} | {r['d']} | {r['spread']} | {r['beam']} | {r['build_seconds']:.1f} | {r['sample_ms_per_step']:.1f} | "
                    f"{r['bruteforce_ms_per_step']:.1f} | {r['speedup_vs_bruteforce']:.1f}x | {r['tv']:.3f} | "
                    f"{r['tv_exact_noise']:.3f} | {r.get('tree_accept', 0):.3f} | {r.get('tree_logz_gap', 0):.3f} | "
+                   f"{r.get('tree_fallback', 0)} | "
                    f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(out)
 
@@ -149,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", nargs="*", type=float, default=[1e5, 1e6, 2e7])
     ap.add_argument("--d", nargs="*", type=int, default=[64, 128])
     ap.add_argument("--beam", type=int, default=32)
+    ap.add_argument("--spread", nargs="*", type=float, default=[0.6, 0.1],
+                    help="noise norm around each cluster centre (0.6: spread like real embeddings; 0.1: tight)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tv-queries", type=int, default=4)
     ap.add_argument("--tv-steps", type=int, default=20)
@@ -159,13 +162,15 @@ def main(argv=None) -> int:
     new = []
     for n in map(int, args.n):
         for d in args.d:
-            row = {**run_row(n, d, args.beam, args.reps, args.tv_queries, args.tv_steps), **prov,
-                   "command": f"python benchmarks/tree.py --n {n} --d {d} --beam {args.beam} --reps {args.reps} "
-                              f"--tv-queries {args.tv_queries} --tv-steps {args.tv_steps}"}
-            new.append(row)
-            print(table([row]).splitlines()[-1], flush=True)
-    done = {(r["n"], r["d"]) for r in new}
-    rows = sorted([r for r in old if (r["n"], r["d"]) not in done] + new, key=lambda r: (r["n"], r["d"]))
+            for spread in args.spread:
+                row = {**run_row(n, d, args.beam, args.reps, args.tv_queries, args.tv_steps, spread), **prov,
+                       "command": f"python benchmarks/tree.py --n {n} --d {d} --spread {spread} --beam {args.beam} "
+                                  f"--reps {args.reps} --tv-queries {args.tv_queries} --tv-steps {args.tv_steps}"}
+                new.append(row)
+                print(table([row]).splitlines()[-1], flush=True)
+    key = lambda r: (r["n"], r["d"], r.get("spread", 0.6))  # noqa: E731
+    done = {key(r) for r in new}
+    rows = sorted([r for r in old if key(r) not in done] + new, key=key)
     write_result("tree", {"rows": rows})
     atomic_write_text(RESULTS / "tree.md", table(rows) + "\n")
     print("\n" + table(rows))

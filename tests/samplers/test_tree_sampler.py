@@ -11,12 +11,13 @@ from scipy.stats import chisquare
 from negminer.samplers import TreeSampler
 
 
-def setup(n=600, d=8, beam=4, seed=0, scale=4.0):
+def setup(n=600, d=8, beam=4, seed=0, scale=4.0, fallback=0):
     g = torch.Generator().manual_seed(seed)
     c = torch.randn(12, d, generator=g)
     E = torch.nn.functional.normalize(c[torch.randint(12, (n,), generator=g)] + 0.4 * torch.randn(n, d, generator=g), dim=1)
     store, model = make_store(E)
-    s = TreeSampler(64, beam=beam, branching=4, leaf_size=16, seed=seed, sample_temperature=1 / scale)
+    s = TreeSampler(64, beam=beam, branching=4, leaf_size=16, seed=seed, sample_temperature=1 / scale,
+                    fallback=fallback)  # 0: never fall back to the exact pass, so rejection is what is tested
     s.setup(store, model, 0, encode=encoder(store, model))
     return E, store, s
 
@@ -35,7 +36,7 @@ def test_draws_follow_the_softmax_and_log_z_is_bounded():
     for step in range(60):
         b = batch(E, [0, 300], [{0, 5}, {300}], step=step)
         d = s.sample(q, b, store)
-        assert not bool(d.mask.any())
+        assert not bool(d.mask.any()) and s.last_stats["tree_fallback"] == 0 and s.last_stats["tree_accept"] < 1
         for i in range(2):
             counts[i] += torch.bincount(d.ids[i], minlength=len(E)).float()
         lo, up = s.log_z_bounds.unbind(1)
@@ -76,3 +77,12 @@ def test_after_store_writes_the_bounds_and_draws_follow_the_new_embeddings():
     obs = torch.cat([counts[keep], counts[~keep].sum().view(1)])
     exp = torch.cat([p[keep], p[~keep].sum().view(1)]) * counts.sum()
     assert chisquare(obs.numpy(), exp.numpy()).pvalue > 1e-3
+
+
+def test_loose_bounds_fall_back_to_one_exact_pass():
+    E, store, s = setup(fallback=8)  # the default: past 1/8 of the leaves, one streaming pass instead
+    b = batch(E, [0, 300], [{0, 5}, {300}])
+    d = s.sample(E[[0, 300]], b, store)
+    assert s.last_stats["tree_fallback"] == 1 and d.ids.shape == (2, 64) and not bool(d.mask.any())
+    assert 0 not in d.ids[0].tolist() and 5 not in d.ids[0].tolist() and 300 not in d.ids[1].tolist()
+    assert bool(torch.isfinite(d.log_pi).all())

@@ -27,7 +27,7 @@ def full_cache(k, replacement):
 
 
 def tree(k, replacement):
-    return TreeSampler(k, beam=2, branching=4, leaf_size=16)
+    return TreeSampler(k, beam=2, branching=4, leaf_size=16, fallback=0)  # rejection, never the exact pass
 
 
 def gradient_T(scale, replacement, reps=3000, k=8, b=6, old=False, seed=0, make=full_cache):

@@ -7,7 +7,10 @@ Negative Mining", AISTATS 2023. With logits s_j = <q, x_j> / tau_s over the stor
 1. Descend level by level, keeping the ``beam`` nodes with the largest upper mass count_n e^{u_n}
    per query; the leaves kept are scored exactly, every node not kept is an envelope node. While the
    bounds on log Z of some query are more than ``max_gap`` apart (acceptance could fall below
-   e^-max_gap, 10%), the beam is widened 4x (at most to every leaf: brute force through the tree).
+   e^-max_gap, 10%), the beam is widened 4x; past 1/``fallback`` of the leaves the bounds are too
+   loose to pay (a ball of radius r around c allows ||q|| r / tau_s nats of slack: on embeddings
+   that are not tightly clustered, most of them), and the step draws by one exact streaming pass over
+   the store instead (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
 2. Propose from the mixture with weights e^{s_j} (exact rows) and count_n e^{u_n} (envelope nodes,
    then a uniform slot of the node); accept an envelope proposal x with probability e^{s_x - u_n}
    (a removed slot, an excluded row or one above the margin: never). Accepted draws are i.i.d. from
@@ -34,7 +37,7 @@ import math
 import torch
 
 from negminer.index.tree import KMeansTree
-from negminer.samplers.base import Draw, Sampler
+from negminer.samplers.base import Draw, Sampler, stream_draw
 
 NEG_INF = -math.inf
 
@@ -43,11 +46,11 @@ class TreeSampler(Sampler):
     name = "tree"
 
     def __init__(self, k: int, beam: int = 32, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
-                 estimate: int = 64, max_gap: float = math.log(10), seed: int = 0, **kw):
+                 estimate: int = 64, max_gap: float = math.log(10), fallback: int = 8, seed: int = 0, **kw):
         kw["replacement"] = True
         super().__init__(k, **kw)
         self.beam, self.rounds, self.estimate, self.max_gap, self.seed = beam, rounds, estimate, max_gap, seed
-        self.width = beam
+        self.width, self.fallback = beam, fallback
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
         self.tree: KMeansTree | None = None
         self._watched = None
@@ -138,6 +141,11 @@ class TreeSampler(Sampler):
             if width >= len(t.members) or not len(gap) or float(gap.max()) <= self.max_gap:
                 break
             width *= 4
+            if width * self.fallback > len(t.members):  # bounds too loose to pay: one exact pass over the store
+                self.width, self.log_z_bounds = width, None
+                d = stream_draw(self, q, batch, store, None)
+                self.last_stats = {"tree_fallback": 1, "tree_width": width}
+                return d
         self.width = width
         # unbiased estimate of Z_env from envelope-only proposals
         z_env_hat = torch.full((b,), NEG_INF)
@@ -187,7 +195,7 @@ class TreeSampler(Sampler):
         def cross(rws):
             return log_k + self._cross_logits(q, batch, store, scale, rws) - log_z.unsqueeze(1)
 
-        self.last_stats = {"tree_accept": accepted / max(proposed, 1), "tree_width": self.width,
+        self.last_stats = {"tree_accept": accepted / max(proposed, 1), "tree_width": self.width, "tree_fallback": 0,
                            "tree_logz_gap": float((up_b - lo_b)[torch.isfinite(up_b)].mean()) if bool(torch.isfinite(up_b).any()) else 0.0,
                            "tree_exact_mass": float((z_ex - log_z).exp()[torch.isfinite(log_z)].mean()) if bool(torch.isfinite(log_z).any()) else 1.0,
                            "tree_short": int(mask.sum())}
