@@ -80,7 +80,10 @@ def test_after_store_writes_the_bounds_and_draws_follow_the_new_embeddings():
 
 
 def test_loose_bounds_fall_back_to_one_exact_pass():
-    E, store, s = setup(fallback=8)  # the default: past 1/8 of the leaves, one streaming pass instead
+    E = torch.nn.functional.normalize(torch.randn(2000, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    store, model = make_store(E)  # no clusters: every leaf's ball is wide
+    s = TreeSampler(64, beam=2, branching=4, leaf_size=16, sample_temperature=1 / 20)  # default fallback 8
+    s.setup(store, model, 0)
     b = batch(E, [0, 300], [{0, 5}, {300}])
     d = s.sample(E[[0, 300]], b, store)
     assert s.last_stats["tree_fallback"] == 1 and d.ids.shape == (2, 64) and not bool(d.mask.any())

@@ -4,13 +4,13 @@ Monath, Zaheer, Allen, McCallum, "Improving Dual-Encoder Training through Dynami
 Negative Mining", AISTATS 2023. With logits s_j = <q, x_j> / tau_s over the store and a k-means tree
 (index/tree.py) whose node n bounds its rows' logits by u_n = (<q, c_n> + ||q|| r_n) / tau_s:
 
-1. Descend level by level, keeping the ``beam`` nodes with the largest upper mass count_n e^{u_n}
-   per query; the leaves kept are scored exactly, every node not kept is an envelope node. While the
-   bounds on log Z of some query are more than ``max_gap`` apart (acceptance could fall below
-   e^-max_gap, 10%), the beam is widened 4x; past 1/``fallback`` of the leaves the bounds are too
-   loose to pay (a ball of radius r around c allows ||q|| r / tau_s nats of slack: on embeddings
-   that are not tightly clustered, most of them), and the step draws by one exact streaming pass over
-   the store instead (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
+1. Bound every leaf (the tree's internal nodes hold too many rows, and too wide a ball, for their
+   bounds to pay in sampling: the ball allows ||q|| r / tau_s nats of slack); per query the ``beam``
+   leaves of largest upper mass count_n e^{u_n} are scored exactly, all others form the envelope.
+   While the estimated acceptance Z / Z_up of some query is below ``min_accept`` (10%), the beam is
+   widened 4x; past 1/``fallback`` of the leaves the bounds are too loose to pay (embeddings that are
+   not tightly clustered), and the step draws by one exact streaming pass over the store instead
+   (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
 2. Propose from the mixture with weights e^{s_j} (exact rows) and count_n e^{u_n} (envelope nodes,
    then a uniform slot of the node); accept an envelope proposal x with probability e^{s_x - u_n}
    (a removed slot, an excluded row or one above the margin: never). Accepted draws are i.i.d. from
@@ -46,10 +46,10 @@ class TreeSampler(Sampler):
     name = "tree"
 
     def __init__(self, k: int, beam: int = 32, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
-                 estimate: int = 64, max_gap: float = math.log(10), fallback: int = 8, seed: int = 0, **kw):
+                 estimate: int = 64, min_accept: float = 0.1, fallback: int = 8, seed: int = 0, **kw):
         kw["replacement"] = True
         super().__init__(k, **kw)
-        self.beam, self.rounds, self.estimate, self.max_gap, self.seed = beam, rounds, estimate, max_gap, seed
+        self.beam, self.rounds, self.estimate, self.min_accept, self.seed = beam, rounds, estimate, min_accept, seed
         self.width, self.fallback = beam, fallback
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
         self.tree: KMeansTree | None = None
@@ -80,35 +80,19 @@ class TreeSampler(Sampler):
             self.tree = KMeansTree(**self.tree_args).load_state(tensors, "tree")
 
     # ---- drawing --------------------------------------------------------------------------
-    def _frontier(self, qs, qn, width):
-        """Exact leaves [B, W] and envelope entries: (leaf_lo, slots, live, u, l) each [B, E]."""
-        t = self.tree
-        nodes = torch.zeros(len(qs), 1, dtype=torch.long)
-        env = []
-        for lv in range(t.depth):
-            ids, ok = t.children(lv, nodes.clamp(min=0))
-            ids, ok = ids.flatten(1), (ok & (nodes >= 0).unsqueeze(-1)).flatten(1)
-            dot = torch.einsum("bd,bnd->bn", qs, t.center[lv + 1][ids])
-            rad = qn * t.radius[lv + 1][ids]
-            live = t.count(lv + 1, ids, live=True)
-            ok &= live > 0
-            slots = t.count(lv + 1, ids)
-            up = (slots.float().log() + dot + rad).masked_fill(~ok, NEG_INF)
-            w = min(width, up.shape[1])
-            top = up.topk(w, dim=1)
-            rest = torch.ones_like(ok)
-            rest.scatter_(1, top.indices, False)
-            rest &= ok
-            if bool(rest.any()):
-                env.append((t.leaf_lo[lv + 1][ids], slots, live, (dot + rad).masked_fill(~rest, NEG_INF),
-                            (dot - rad).masked_fill(~rest, NEG_INF)))
-            nodes = ids.gather(1, top.indices).masked_fill(torch.isneginf(top.values), -1)
-        if env:
-            env = [torch.cat(x, 1) for x in zip(*env)]
-        else:
-            z = torch.zeros(len(qs), 0)
-            env = [z.long(), z.long(), z.long(), z, z]
-        return nodes, env
+    def _split(self, dot, rad, slots, live, width):
+        """Per query the ``width`` leaves of largest upper mass (scored exactly) [B, W], and the envelope of
+        all other live leaves: (leaf, slots, live, u, l) each [B, L] (u, l = -inf where not in it)."""
+        b, n_leaves = dot.shape
+        ok = (live > 0).expand(b, -1)
+        up = (slots.float().log() + dot + rad).masked_fill(~ok, NEG_INF)
+        top = up.topk(min(width, n_leaves), dim=1)
+        rest = ok.clone()
+        rest.scatter_(1, top.indices, False)
+        leaves = top.indices.masked_fill(torch.isneginf(top.values), -1)
+        env = (torch.arange(n_leaves).expand(b, -1), slots.expand(b, -1), live.expand(b, -1),
+               (dot + rad).masked_fill(~rest, NEG_INF), (dot - rad).masked_fill(~rest, NEG_INF))
+        return leaves, env
 
     def _usable(self, q, rows, batch, s):
         """False where a row is removed, excluded for its query or above the margin."""
@@ -127,9 +111,11 @@ class TreeSampler(Sampler):
         g = batch.generator
         nex = torch.bincount(batch.excl.qi, minlength=b).unsqueeze(1) if len(batch.excl.qi) else torch.zeros(b, 1)
         lse = lambda x: torch.logsumexp(x, dim=1)  # noqa: E731
-        width = self.beam
-        while True:  # widen the beam until the envelope is tight enough (acceptance >= e^-max_gap)
-            leaves, (e_lo, e_slots, e_live, e_u, e_l) = self._frontier(qs, qn, width)
+        width, n_leaves, d_ = self.beam, len(t.members), t.depth
+        dot, rad = qs @ t.center[d_].T, qn * t.radius[d_]           # every leaf's bounds: [B, leaves]
+        slots, live = t.prefix[1:] - t.prefix[:-1], t.live
+        while True:  # widen until the estimated acceptance Z / Z_up reaches min_accept for every query
+            leaves, (e_lo, e_slots, e_live, e_u, e_l) = self._split(dot, rad, slots, live, width)
             rows = t.members[leaves.clamp(min=0)].masked_fill((leaves < 0).unsqueeze(-1), -1).flatten(1)
             raw = torch.einsum("bd,bmd->bm", q, store.embeddings(rows.clamp(min=0).flatten()).view(*rows.shape, -1))
             s_ex = (raw * scale).masked_fill(~self._usable(q, rows, batch, raw), NEG_INF)
@@ -137,25 +123,18 @@ class TreeSampler(Sampler):
             env_lo = (e_live - nex).clamp(min=0).float().log() + e_l
             z_ex, z_env_up = lse(s_ex), lse(env_up)
             lo_b, up_b = lse(torch.stack([z_ex, lse(env_lo)], 1)), lse(torch.stack([z_ex, z_env_up], 1))
-            gap = (up_b - lo_b)[torch.isfinite(up_b)]
-            if width >= len(t.members) or not len(gap) or float(gap.max()) <= self.max_gap:
+            est = lambda: self._log_z(q, batch, store, scale, env_up, e_lo, e_slots, e_u, z_ex, z_env_up, lo_b, g)  # noqa: E731
+            accept = (est() - up_b).exp()[torch.isfinite(up_b)]
+            if width >= n_leaves or not len(accept) or float(accept.min()) >= self.min_accept:
                 break
             width *= 4
-            if width * self.fallback > len(t.members):  # bounds too loose to pay: one exact pass over the store
+            if width * self.fallback > n_leaves:  # bounds too loose to pay: one exact pass over the store
                 self.width, self.log_z_bounds = width, None
                 d = stream_draw(self, q, batch, store, None)
                 self.last_stats = {"tree_fallback": 1, "tree_width": width}
                 return d
         self.width = width
-        # unbiased estimate of Z_env from envelope-only proposals
-        z_env_hat = torch.full((b,), NEG_INF)
-        has_env = torch.isfinite(z_env_up)
-        if self.estimate and bool(has_env.any()):
-            acc = self._propose(q, batch, store, scale, env_up, e_lo, e_slots, e_u, self.estimate, g, has_env)[0]
-            rate = acc.float().mean(1)
-            z_env_hat = torch.where(rate > 0, z_env_up + rate.clamp(min=1e-30).log(), torch.full_like(rate, NEG_INF))
-        log_z = lse(torch.stack([z_ex, z_env_hat], 1))  # unbiased for Z (not clamped to the bounds)
-        log_z = torch.where(torch.isfinite(log_z), log_z, lo_b)
+        log_z = est()  # a fresh estimate: the one that chose the width is biased by that choice
         self.log_z_bounds = torch.stack([lo_b, up_b], 1)
         # rejection sampling from the mixture of exact rows and envelope nodes
         ids = torch.zeros(b, k, dtype=torch.long)
@@ -200,6 +179,18 @@ class TreeSampler(Sampler):
                            "tree_exact_mass": float((z_ex - log_z).exp()[torch.isfinite(log_z)].mean()) if bool(torch.isfinite(log_z).any()) else 1.0,
                            "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, pool, z_for_loss, cross)
+
+    def _log_z(self, q, batch, store, scale, env_up, e_lo, e_slots, e_u, z_ex, z_env_up, lo_b, g):
+        """log Z_hat [B]: Z_exact + Z_env_up x the acceptance rate of ``estimate`` envelope-only proposals
+        (unbiased for Z); the lower bound where no estimate is possible."""
+        z_env_hat = torch.full((len(q),), NEG_INF)
+        has_env = torch.isfinite(z_env_up)
+        if self.estimate and bool(has_env.any()):
+            acc = self._propose(q, batch, store, scale, env_up, e_lo, e_slots, e_u, self.estimate, g, has_env)[0]
+            rate = acc.float().mean(1)
+            z_env_hat = torch.where(rate > 0, z_env_up + rate.clamp(min=1e-30).log(), torch.full_like(rate, NEG_INF))
+        log_z = torch.logsumexp(torch.stack([z_ex, z_env_hat], 1), dim=1)
+        return torch.where(torch.isfinite(log_z), log_z, lo_b)
 
     def _propose(self, q, batch, store, scale, env_up, e_lo, e_slots, e_u, m, g, active, pick=None):
         """``m`` envelope proposals per query (or the envelope entries ``pick`` [B, m]): (accepted, rows)."""
