@@ -4,15 +4,15 @@ Per row (n, d, spread): a bf16 store of synthetic clustered unit vectors (n / 20
 its cluster's centre plus Gaussian noise of norm ``spread``, renormalised; queries drawn the same way), B = 64 queries, k = 64
 negatives per query, logit scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
 
-  build_seconds            KMeansTree over the store (branching 16, leaf 64),
-  sample_ms_per_step       TreeSampler.sample (exact rejection sampling, beam ``--beam``),
+  build_seconds            KMeansTree over the store (branching 16, leaf ``--leaf-size``),
+  sample_ms_per_step       TreeSampler.sample (exact adaptive rejection, ``--beam`` leaves scored up front),
   bruteforce_ms_per_step   the streaming exact sampler (ExactSampler, with replacement: one pass
                            over the store, samplers/gumbel.py),
   speedup_vs_bruteforce    their ratio,
   tv                       total variation between the tree's empirical draw distribution and the
                            exact softmax, for ``--tv-queries`` queries and ``--tv-steps`` x k draws each,
   tv_exact_noise           the same for as many exact multinomial draws (what sampling noise alone gives),
-  tree_accept, tree_logz_gap, tree_exact_mass  the sampler's own statistics,
+  tree_accept, tree_scored, tree_logz_gap, tree_exact_mass  the sampler's own statistics,
   peak_rss_mb              the process's peak resident memory during the row.
 
     python benchmarks/tree.py                              # n = 1e5 1e6 2e7, d = 64 128
@@ -104,14 +104,14 @@ def tv_rows(store, centres, sampler, queries: int, steps: int, spread: float):
     return sum(tv) / len(tv), sum(tv0) / len(tv0)
 
 
-def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int, spread: float) -> dict:
+def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int, spread: float, leaf: int) -> dict:
     from negminer.index import KMeansTree
     from negminer.samplers import ExactSampler, TreeSampler
 
     reset_peak_rss()
     store, centres = make_store(n, d, spread)
     t = time.perf_counter()
-    tree = KMeansTree(branching=16, leaf_size=64).build(store.embeddings, n)
+    tree = KMeansTree(branching=16, leaf_size=leaf).build(store.embeddings, n)
     build = time.perf_counter() - t
     s = TreeSampler(K, beam=beam, sample_temperature=1 / SCALE)
     s.tree = tree
@@ -124,7 +124,10 @@ def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int
     it = iter(batches)
     brute = best_ms(lambda: ex.sample(*next(it), store), reps)
     tv, tv0 = tv_rows(store, centres, s, tv_queries, tv_steps, spread)
-    return {"n": n, "d": d, "spread": spread, "dtype": "bf16", "b": B, "k": K, "beam": beam, "depth": tree.depth,
+    radius = tree.radius[tree.depth]
+    return {"n": n, "d": d, "spread": spread, "dtype": "bf16", "b": B, "k": K, "beam": beam, "leaf_size": leaf,
+            "depth": tree.depth, "leaf_radius_median": round(float(radius.median()), 4),
+            "leaf_radius_max": round(float(radius.max()), 4),
             "leaves": len(tree.members), "build_seconds": round(build, 2), "sample_ms_per_step": round(samp, 2),
             "bruteforce_ms_per_step": round(brute, 2), "speedup_vs_bruteforce": round(brute / samp, 2),
             "tv": round(tv, 4), "tv_exact_noise": round(tv0, 4), "tv_ratio": round(tv / tv0, 3),
@@ -133,13 +136,14 @@ def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int
 
 
 def table(rows) -> str:
-    head = ("| n | d | spread | beam | build s | tree ms/step | brute force ms/step | speedup | TV | TV of an exact sample | "
-            "accept | log Z gap | fallback | peak RSS MB |")
+    head = ("| n | d | spread | leaf size | leaves | build s | tree ms/step | brute force ms/step | speedup | TV | "
+            "TV of an exact sample | accept | leaves scored per query | log Z gap | fallback | peak RSS MB |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
-        out.append(f"| {r['n']:,} | {r['d']} | {r['spread']} | {r['beam']} | {r['build_seconds']:.1f} | {r['sample_ms_per_step']:.1f} | "
+        out.append(f"| {r['n']:,} | {r['d']} | {r['spread']} | {r.get('leaf_size', 64)} | {r['leaves']:,} | {r['build_seconds']:.1f} | "
+                   f"{r['sample_ms_per_step']:.1f} | "
                    f"{r['bruteforce_ms_per_step']:.1f} | {r['speedup_vs_bruteforce']:.1f}x | {r['tv']:.3f} | "
-                   f"{r['tv_exact_noise']:.3f} | {r.get('tree_accept', 0):.3f} | {r.get('tree_logz_gap', 0):.3f} | "
+                   f"{r['tv_exact_noise']:.3f} | {r.get('tree_accept', 0):.3f} | {r.get('tree_scored', 0):.0f} | {r.get('tree_logz_gap', 0):.3f} | "
                    f"{r.get('tree_fallback', 0)} | "
                    f"{r['peak_rss_mb']:.0f} |")
     return "\n".join(out)
@@ -149,7 +153,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", nargs="*", type=float, default=[1e5, 1e6, 2e7])
     ap.add_argument("--d", nargs="*", type=int, default=[64, 128])
-    ap.add_argument("--beam", type=int, default=32)
+    ap.add_argument("--beam", type=int, default=8)
+    ap.add_argument("--leaf-size", type=int, default=64)
     ap.add_argument("--spread", nargs="*", type=float, default=[0.6, 0.1],
                     help="noise norm around each cluster centre (0.6: spread like real embeddings; 0.1: tight)")
     ap.add_argument("--reps", type=int, default=3)
@@ -163,12 +168,12 @@ def main(argv=None) -> int:
     for n in map(int, args.n):
         for d in args.d:
             for spread in args.spread:
-                row = {**run_row(n, d, args.beam, args.reps, args.tv_queries, args.tv_steps, spread), **prov,
-                       "command": f"python benchmarks/tree.py --n {n} --d {d} --spread {spread} --beam {args.beam} "
+                row = {**run_row(n, d, args.beam, args.reps, args.tv_queries, args.tv_steps, spread, args.leaf_size), **prov,
+                       "command": f"python benchmarks/tree.py --n {n} --d {d} --spread {spread} --beam {args.beam} --leaf-size {args.leaf_size} "
                                   f"--reps {args.reps} --tv-queries {args.tv_queries} --tv-steps {args.tv_steps}"}
                 new.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
-    key = lambda r: (r["n"], r["d"], r.get("spread", 0.6))  # noqa: E731
+    key = lambda r: (r["n"], r["d"], r.get("spread", 0.6), r.get("leaf_size", 64))  # noqa: E731
     done = {key(r) for r in new}
     rows = sorted([r for r in old if key(r) not in done] + new, key=key)
     write_result("tree", {"rows": rows})

@@ -18,6 +18,9 @@ range (``leaf_lo``, ``leaf_hi``). Leaves hold store rows in a slot table ``membe
 Build: top-down; a node of more than ``leaf_size`` rows is split into min(b, ceil(n / leaf_size))
 children by k-means (seeded, trained on at most 32 rows per centre, every row assigned), until all
 nodes hold at most ``leaf_size``: each row is compared with b centres per level, O(N b d log_b N).
+Then nodes whose radius exceeds ``wide`` x the median node radius are split on (k-means rarely sees a
+few stragglers of another cluster, and one such row widens its leaf's ball, hence every query's bound,
+by the distance between the clusters); 0 turns this off.
 
 Updates (``update(rows, emb)``, called with the store's new embeddings): a row inside its leaf's
 ball stays; one that left it is re-inserted by greedy descent (nearest centre per level) into a leaf
@@ -43,11 +46,11 @@ NEG_INF = -math.inf
 
 class KMeansTree:
     def __init__(self, branching: int = 16, leaf_size: int = 64, iters: int = 8, degrade: float = 2.0,
-                 slack: float = 1.5, seed: int = 0, chunk: int = 1 << 18):
+                 slack: float = 1.5, wide: float = 2.0, seed: int = 0, chunk: int = 1 << 18):
         if branching < 2 or leaf_size < 1:
             raise ValueError("tree: branching must be >= 2 and leaf_size >= 1")
         self.b, self.leaf_size, self.iters, self.degrade, self.slack = branching, leaf_size, iters, degrade, slack
-        self.seed, self.chunk = seed, chunk
+        self.seed, self.chunk, self.wide = seed, chunk, wide
         self.rebuilds = 0
 
     # ---- build ----------------------------------------------------------------------------
@@ -60,10 +63,18 @@ class KMeansTree:
         c, r = self._ball(emb_fn, rows)
         self.center, self.radius = [c.unsqueeze(0)], [r.reshape(1)]
         self.child_lo, self.child_cnt, self.parent = [], [], [torch.full((1,), -1, dtype=torch.long)]
-        while any(len(x) > self.leaf_size for x in level):
+        r_lim = math.inf  # phase 2 (once every node fits a leaf): split nodes wider than wide x the median
+        while True:
+            big = [len(x) > self.leaf_size or (len(x) > 1 and float(self.radius[-1][i]) > r_lim)
+                   for i, x in enumerate(level)]
+            if not any(big) and r_lim == math.inf and self.wide:
+                r_lim = self.wide * float(self.radius[-1].median())
+                continue
+            if not any(big):
+                break
             nxt, lo, cnt, parent, cs, rs = [], [], [], [], [], []
             for i, x in enumerate(level):
-                parts = self._split(emb_fn, x, g) if len(x) > self.leaf_size else [(x, None, None)]
+                parts = self._split(emb_fn, x, g) if big[i] else [(x, None, None)]
                 lo.append(len(nxt))
                 cnt.append(len(parts))
                 for p, pc, pr in parts:
@@ -108,7 +119,7 @@ class KMeansTree:
 
     def _split(self, emb_fn, rows, g):
         """k-means of ``rows`` into min(b, ceil(n / leaf_size)) parts: [(rows, centre, radius)]."""
-        k = min(self.b, math.ceil(len(rows) / self.leaf_size))
+        k = max(2, min(self.b, math.ceil(len(rows) / self.leaf_size)))
         train = emb_fn(rows[torch.randperm(len(rows), generator=g)[: 32 * k]].sort().values)
         c = train[torch.randperm(len(train), generator=g)[:k]].clone()
         for _ in range(self.iters):
@@ -136,7 +147,8 @@ class KMeansTree:
             self.leaf_hi[lv] = self.leaf_hi[lv + 1][first + cnt - 1]
         self._prefix()
 
-    def _prefix(self) -> None:
+    def _prefix(self) -> None:  # every change to the tree ends here: ``version`` tells caches to refresh
+        self.version = getattr(self, "version", 0) + 1
         self.prefix = torch.cat([torch.zeros(1, dtype=torch.long), self.fill.cumsum(0)])
         self.live_prefix = torch.cat([torch.zeros(1, dtype=torch.long), self.live.cumsum(0)])
 

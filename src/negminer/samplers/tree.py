@@ -1,33 +1,35 @@
-"""Tree sampler: exact draws from the softmax over all N cached targets, by bounds and rejection.
+"""Tree sampler: exact draws from the softmax over all N cached targets, by bounds and adaptive rejection.
 
 Monath, Zaheer, Allen, McCallum, "Improving Dual-Encoder Training through Dynamic Indexes for
 Negative Mining", AISTATS 2023. With logits s_j = <q, x_j> / tau_s over the store and a k-means tree
-(index/tree.py) whose node n bounds its rows' logits by u_n = (<q, c_n> + ||q|| r_n) / tau_s:
+(index/tree.py) whose leaf n bounds its rows' logits by u_n = (<q, c_n> + ||q|| r_n) / tau_s, the leaf's
+mass M_n = sum_{j in n} e^{s_j} (usable rows only) is bounded by U_n = live_n e^{u_n}. Per query:
 
-1. Bound every leaf (the tree's internal nodes hold too many rows, and too wide a ball, for their
-   bounds to pay in sampling: the ball allows ||q|| r / tau_s nats of slack); per query the ``beam``
-   leaves of largest upper mass count_n e^{u_n} are scored exactly, all others form the envelope.
-   While the estimated acceptance Z / Z_up of some query is below ``min_accept`` (10%), the beam is
-   widened 4x; past 1/``fallback`` of the leaves the bounds are too loose to pay (embeddings that are
-   not tightly clustered), and the step draws by one exact streaming pass over the store instead
-   (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
-2. Propose from the mixture with weights e^{s_j} (exact rows) and count_n e^{u_n} (envelope nodes,
-   then a uniform slot of the node); accept an envelope proposal x with probability e^{s_x - u_n}
-   (a removed slot, an excluded row or one above the margin: never). Accepted draws are i.i.d. from
-   softmax(s) over the usable rows: exact, whatever the beam; the beam only sets the acceptance rate
-   (and the bounds stay valid as long as the tree is told of every store write, which it is).
-3. Z = Z_exact + Z_env: Z_env is bounded by sum count_n e^{l_n} (lower bounds, live rows less the
-   query's exclusions; not a bound with --margin) and sum count_n e^{u_n}, and estimated without bias by Z_env_up x the
-   acceptance rate of ``estimate`` envelope-only proposals. Draws are with replacement, so a draw's
-   weight is its expected count, log pi_j = log k + s_j - log Z_hat (as uniform and the replacement
-   stream give); ``log_z_bounds`` holds [lower, upper] of log Z per query.
+1. The envelope starts at U_n for every leaf (one [B, leaves] product with the leaf centres); the
+   ``beam`` leaves of largest U_n are scored exactly up front, their U_n replaced by M_n.
+2. Adaptive rejection (Gilks and Wild's scheme, over leaves): propose a leaf n with probability
+   U_n / sum U, score its rows, accept with probability M_n / U_n and then draw the row with
+   probability e^{s_j} / M_n; so an accepted row has probability e^{s_j} / Z: exact, whatever the
+   envelope. Every scored leaf's U_n becomes M_n (it stays a valid bound, now tight), so rejections make
+   the envelope tighter and later proposals cheaper. Proposals are made in rounds, all of a round
+   against the envelope at its start (still exact: each is a trial against a valid envelope).
+   Leaves are grouped in blocks of 1024, so a proposal costs a draw over blocks and one within a block,
+   and a refinement updates one block's sum.
+3. If a query would need more than 1/``fallback`` of the leaves scored (bounds too loose to pay:
+   embeddings not clustered tightly enough for their balls), the step draws by one exact streaming
+   pass over the store instead (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
+4. Z = Z_exact (scored leaves) + Z_rest; Z_rest lies between sum (live_n - excluded) e^{l_n} (l_n the
+   lower logit bound; not a bound with --margin) and sum U_n, and is estimated without bias by
+   U_rest x the mean of M_n / U_n over ``estimate`` fresh proposals from the unscored leaves.
+   Draws are with replacement, so a draw's weight is its expected count, log pi_j = log k + s_j -
+   log Z_hat (as uniform and the replacement stream give); ``log_z_bounds`` holds [lower, upper] of log Z.
 
 A query still short of k accepted draws after ``rounds`` rounds gets masked slots (``tree_short`` in
 the log). The store tells the tree which rows each write changed; the tree keeps its bounds valid in
-place (index/tree.py). Logged: ``tree_accept`` (acceptance rate), ``tree_logz_gap`` (upper - lower
-log Z), ``tree_exact_mass`` (share of Z_hat scored exactly).
+place (index/tree.py). Logged: ``tree_accept`` (acceptance rate of proposals), ``tree_scored`` (leaves
+scored per query), ``tree_logz_gap`` (upper - lower log Z), ``tree_exact_mass`` (share of Z_hat scored).
 
-Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 64 --refresh auto,nystrom
+Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 32 --refresh auto,nystrom
 """
 
 from __future__ import annotations
@@ -40,17 +42,18 @@ from negminer.index.tree import KMeansTree
 from negminer.samplers.base import Draw, Sampler, stream_draw
 
 NEG_INF = -math.inf
+BLOCK = 1024
 
 
 class TreeSampler(Sampler):
     name = "tree"
 
-    def __init__(self, k: int, beam: int = 32, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
-                 estimate: int = 64, min_accept: float = 0.1, fallback: int = 8, seed: int = 0, **kw):
+    def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
+                 estimate: int = 64, fallback: int = 8, max_proposals: int = 8192, seed: int = 0, **kw):
         kw["replacement"] = True
         super().__init__(k, **kw)
-        self.beam, self.rounds, self.estimate, self.min_accept, self.seed = beam, rounds, estimate, min_accept, seed
-        self.width, self.fallback = beam, fallback
+        self.beam, self.rounds, self.estimate, self.fallback, self.seed = beam, rounds, estimate, fallback, seed
+        self.max_proposals = max_proposals
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
         self.tree: KMeansTree | None = None
         self._watched = None
@@ -80,142 +83,187 @@ class TreeSampler(Sampler):
             self.tree = KMeansTree(**self.tree_args).load_state(tensors, "tree")
 
     # ---- drawing --------------------------------------------------------------------------
-    def _split(self, dot, rad, slots, live, width):
-        """Per query the ``width`` leaves of largest upper mass (scored exactly) [B, W], and the envelope of
-        all other live leaves: (leaf, slots, live, u, l) each [B, L] (u, l = -inf where not in it)."""
-        b, n_leaves = dot.shape
-        ok = (live > 0).expand(b, -1)
-        up = (slots.float().log() + dot + rad).masked_fill(~ok, NEG_INF)
-        top = up.topk(min(width, n_leaves), dim=1)
-        rest = ok.clone()
-        rest.scatter_(1, top.indices, False)
-        leaves = top.indices.masked_fill(torch.isneginf(top.values), -1)
-        env = (torch.arange(n_leaves).expand(b, -1), slots.expand(b, -1), live.expand(b, -1),
-               (dot + rad).masked_fill(~rest, NEG_INF), (dot - rad).masked_fill(~rest, NEG_INF))
-        return leaves, env
-
-    def _usable(self, q, rows, batch, s):
-        """False where a row is removed, excluded for its query or above the margin."""
-        bad = (rows < 0) | batch.excl.contains(rows.clamp(min=0))
+    def _usable(self, q, qi, rows, batch, raw):
+        """False where a row is removed, excluded for its query ``qi`` or above the margin ([P, m])."""
+        bad = (rows < 0) | batch.excl.contains(rows.clamp(min=0), qi.unsqueeze(1))
         over = self.margin_over(q, batch)
         if over is not None:
-            bad |= s > over.unsqueeze(1)
+            bad |= raw > over[qi].unsqueeze(1)
         return ~bad
+
+    def _score(self, q, scale, batch, store, qi, leaf):
+        """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows;
+        each distinct (query, leaf) pair is scored once, and only the leaves' filled slots."""
+        key, inv = (qi * len(self.tree.members) + leaf).unique(return_inverse=True)
+        uq, ul = key // len(self.tree.members), key % len(self.tree.members)
+        mem = self.tree.members[ul, :max(1, int(self.tree.fill[ul].max()))]
+        e = store.embeddings(mem.clamp(min=0).flatten()).view(*mem.shape, -1)
+        raw = torch.einsum("pd,pmd->pm", q[uq], e)
+        s = (raw * scale).masked_fill(~self._usable(q, uq, mem, batch, raw), NEG_INF)
+        return s[inv], mem[inv]
+
+    def _leaves(self):
+        """Leaf centres, radii and log live counts padded to whole blocks (cached per tree version)."""
+        t = self.tree
+        if getattr(self, "_leaf_cache", (None,))[0] != (id(t), t.version):
+            n, nb = len(t.members), -(-len(t.members) // BLOCK)
+            c = torch.zeros(nb * BLOCK, t.center[t.depth].shape[1])
+            c[:n] = t.center[t.depth]
+            r = torch.zeros(nb * BLOCK)
+            r[:n] = t.radius[t.depth]
+            ll = torch.full((nb * BLOCK,), NEG_INF)
+            ll[:n] = t.live.float().log()
+            self._leaf_cache = ((id(t), t.version), c, r, ll)
+        return self._leaf_cache[1:]
 
     def sample(self, q, batch, store) -> Draw:
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale = self.scale(batch)
         qs = q * scale
-        qn = qs.norm(dim=1, keepdim=True)
         g = batch.generator
-        nex = torch.bincount(batch.excl.qi, minlength=b).unsqueeze(1) if len(batch.excl.qi) else torch.zeros(b, 1)
-        lse = lambda x: torch.logsumexp(x, dim=1)  # noqa: E731
-        width, n_leaves, d_ = self.beam, len(t.members), t.depth
-        dot, rad = qs @ t.center[d_].T, qn * t.radius[d_]           # every leaf's bounds: [B, leaves]
-        slots, live = t.prefix[1:] - t.prefix[:-1], t.live
-        while True:  # widen until the estimated acceptance Z / Z_up reaches min_accept for every query
-            leaves, (e_lo, e_slots, e_live, e_u, e_l) = self._split(dot, rad, slots, live, width)
-            rows = t.members[leaves.clamp(min=0)].masked_fill((leaves < 0).unsqueeze(-1), -1).flatten(1)
-            raw = torch.einsum("bd,bmd->bm", q, store.embeddings(rows.clamp(min=0).flatten()).view(*rows.shape, -1))
-            s_ex = (raw * scale).masked_fill(~self._usable(q, rows, batch, raw), NEG_INF)
-            env_up = e_slots.float().log() + e_u
-            env_lo = (e_live - nex).clamp(min=0).float().log() + e_l
-            z_ex, z_env_up = lse(s_ex), lse(env_up)
-            lo_b, up_b = lse(torch.stack([z_ex, lse(env_lo)], 1)), lse(torch.stack([z_ex, z_env_up], 1))
-            est = lambda: self._log_z(q, batch, store, scale, env_up, e_lo, e_slots, e_u, z_ex, z_env_up, lo_b, g)  # noqa: E731
-            accept = (est() - up_b).exp()[torch.isfinite(up_b)]
-            if width >= n_leaves or not len(accept) or float(accept.min()) >= self.min_accept:
-                break
-            width *= 4
-            if width * self.fallback > n_leaves:  # bounds too loose to pay: one exact pass over the store
-                self.width, self.log_z_bounds = width, None
-                d = stream_draw(self, q, batch, store, None)
-                self.last_stats = {"tree_fallback": 1, "tree_width": width}
-                return d
-        self.width = width
-        log_z = est()  # a fresh estimate: the one that chose the width is biased by that choice
-        self.log_z_bounds = torch.stack([lo_b, up_b], 1)
-        # rejection sampling from the mixture of exact rows and envelope nodes
+        n_leaves = len(t.members)
+        c, r, loglive = self._leaves()
+        nb = len(r) // BLOCK
+        qn = qs.norm(dim=1)
+        env = torch.addmm(loglive.expand(b, -1), qs, c.T)         # <q, c_n> + log live_n
+        low = env.addr(qn, r, alpha=-1)                           # log of a lower bound on M_n
+        env.addr_(qn, r)                                          # log U_n
+        if len(batch.excl.qi):  # a leaf holding a row the query excludes: left out of the lower bound
+            low[batch.excl.qi, t.leaf_of[batch.excl.rows].clamp(min=0)] = NEG_INF
+        env3, low3 = env.view(b, nb, BLOCK), low.view(b, nb, BLOCK)
+        blocks, rest_blocks = torch.logsumexp(env3, dim=2), None   # [B, nb]: all leaves; unscored leaves
+        low_blocks = torch.logsumexp(low3, dim=2)
+        rest_blocks = blocks.clone()
+        scored = torch.zeros(b, nb * BLOCK, dtype=torch.bool)
+        scored3 = scored.view(b, nb, BLOCK)
+        ref = []                                                  # (query, leaf) pairs scored
+
+        def refine(qi, leaf, s):
+            m = torch.logsumexp(s, dim=1)
+            env[qi, leaf] = m
+            low[qi, leaf] = NEG_INF
+            scored[qi, leaf] = True
+            key = (qi * nb + leaf // BLOCK).unique()
+            bq, bb = key // nb, key % nb
+            e = env3[bq, bb]
+            blocks[bq, bb] = torch.logsumexp(e, dim=1)
+            rest_blocks[bq, bb] = torch.logsumexp(e.masked_fill(scored3[bq, bb], NEG_INF), dim=1)
+            low_blocks[bq, bb] = torch.logsumexp(low3[bq, bb], dim=1)
+            ref.append(qi * (nb * BLOCK) + leaf)
+            return m
+
+        if self.beam:  # score the beam up front
+            top = env.topk(min(self.beam, n_leaves), dim=1)
+            ok = torch.isfinite(top.values)
+            qi = torch.arange(b).unsqueeze(1).expand_as(top.indices)[ok]
+            leaf = top.indices[ok]
+            refine(qi, leaf, self._score(q, scale, batch, store, qi, leaf)[0])
+
+        budget = max(1, n_leaves // self.fallback) if self.fallback else math.inf
         ids = torch.zeros(b, k, dtype=torch.long)
+        s_ids = torch.zeros(b, k)
         got = torch.zeros(b, dtype=torch.long)
-        logits = torch.cat([s_ex, env_up], 1)
-        p_acc = (log_z - up_b).exp().clamp(min=1e-3)
+        rate = torch.ones(b)
+        spent = torch.full((b,), float(min(self.beam, n_leaves)))
+        alive = torch.isfinite(torch.logsumexp(blocks, dim=1))
         proposed = accepted = 0
-        for _ in range(self.rounds):
-            need = (k - got).clamp(min=0)
+        for rnd in range(self.rounds):
+            need = (k - got).clamp(min=0) * alive
             if not bool(need.any()):
                 break
-            m = int(min(4096, math.ceil(float((need / p_acc).max()) * 1.25) + 4))  # [B, m, d] gathered at once
-            active = need > 0
-            pick = _categorical(logits, m, g)                                  # [B, m] into logits
-            from_ex = pick < s_ex.shape[1]
-            r_ex = rows.gather(1, pick.clamp(max=s_ex.shape[1] - 1))
-            ok_env, r_env = self._propose(q, batch, store, scale, env_up, e_lo, e_slots, e_u, m, g, active,
-                                          pick=(pick - s_ex.shape[1]).clamp(min=0))
-            r = torch.where(from_ex, r_ex, r_env)
-            ok = (from_ex | ok_env) & active.unsqueeze(1)
-            proposed += int(active.sum()) * m
+            want = torch.ceil(need / rate.clamp(min=1 / 64) * 1.25).long() + (need > 0).long() * 2
+            if rnd and bool((spent + want > budget).any()):  # bounds too loose to pay: one exact pass
+                self.log_z_bounds = None
+                d = stream_draw(self, q, batch, store, None)
+                self.last_stats = {"tree_fallback": 1, "tree_scored": float(spent.mean())}
+                return d
+            want = (want * min(1.0, self.max_proposals / max(1, int(want.sum())))).long().clamp(min=1) * (need > 0)
+            m = int(want.max())
+            blk = _categorical(blocks, m, g)                                           # [B, m]
+            use = torch.arange(m).unsqueeze(0) < want.unsqueeze(1)
+            qi = torch.arange(b).unsqueeze(1).expand(b, m)[use]
+            blk = blk[use]
+            key, inv = (qi * nb + blk).unique(return_inverse=True)
+            leaf = blk * BLOCK + _draw_in_rows(env3[key // nb, key % nb], inv, g)
+            u_n = env[qi, leaf]
+            was = scored[qi, leaf]
+            s, mem = self._score(q, scale, batch, store, qi, leaf)
+            m_n = refine(qi, leaf, s)
+            ok = was | (torch.rand(len(qi), generator=g).log() < m_n - u_n)
+            ok &= torch.isfinite(m_n)
+            j = _gumbel_argmax(s, g)
+            row, s_row = mem.gather(1, j.unsqueeze(1)).squeeze(1), s.gather(1, j.unsqueeze(1)).squeeze(1)
+            proposed += len(qi)
             accepted += int(ok.sum())
-            rank = ok.long().cumsum(1) - 1 + got.unsqueeze(1)
-            put = ok & (rank < k)
-            qi = torch.arange(b).unsqueeze(1).expand_as(put)
-            ids[qi[put], rank[put]] = r[put]
-            got = (got + ok.sum(1)).clamp(max=k)
+            n_ok = torch.bincount(qi[ok], minlength=b)
+            rate = torch.where(want > 0, n_ok / want.clamp(min=1), rate)
+            spent += want
+            # the accepted draws of query i go to ids[i, got_i ...] in proposal order
+            qa, ra, sa = qi[ok], row[ok], s_row[ok]
+            first = torch.cumsum(n_ok, 0) - n_ok
+            rank = torch.arange(len(qa)) - first[qa] + got[qa]
+            put = rank < k
+            ids[qa[put], rank[put]], s_ids[qa[put], rank[put]] = ra[put], sa[put]
+            got = (got + n_ok).clamp(max=k)
         mask = torch.arange(k).unsqueeze(0) >= got.unsqueeze(1)
         ids = ids.masked_fill(mask, 0)
-        s_draw = (torch.einsum("bd,bkd->bk", q, store.embeddings(ids.flatten()).view(b, k, -1)) * scale)
+
+        key = torch.cat(ref).unique() if ref else torch.zeros(0, dtype=torch.long)
+        kq, kl = key // (nb * BLOCK), key % (nb * BLOCK)
+        z_ex = _scatter_lse(env[kq, kl], kq, b)
+        z_rest_up = torch.logsumexp(rest_blocks, dim=1)
+        lse2 = lambda a, c: torch.logsumexp(torch.stack([a, c], 1), dim=1)  # noqa: E731
+        lo_b, up_b = lse2(z_ex, torch.logsumexp(low_blocks, dim=1)), lse2(z_ex, z_rest_up)
+        est = self._rest_estimate(q, scale, batch, store, env3, scored3, rest_blocks, z_rest_up, up_b, g)
+        log_z = lse2(z_ex, est)
+        log_z = torch.where(torch.isfinite(log_z), log_z, lo_b)
+        self.log_z_bounds = torch.stack([lo_b, up_b], 1)
+
         log_k = math.log(k)
-        log_pi = (log_k + s_draw - log_z.unsqueeze(1)).masked_fill(mask, NEG_INF)
-        pool = self._cross_logits(q, batch, store, scale, batch.pos_rows)
-        pool = log_k + pool - log_z.unsqueeze(1)
+        log_pi = (log_k + s_ids - log_z.unsqueeze(1)).masked_fill(mask, NEG_INF)
+        pool = log_k + self._cross_logits(q, batch, store, scale, batch.pos_rows) - log_z.unsqueeze(1)
         z_for_loss = log_z if self.sample_temperature is None else None
 
         def cross(rws):
             return log_k + self._cross_logits(q, batch, store, scale, rws) - log_z.unsqueeze(1)
 
-        self.last_stats = {"tree_accept": accepted / max(proposed, 1), "tree_width": self.width, "tree_fallback": 0,
-                           "tree_logz_gap": float((up_b - lo_b)[torch.isfinite(up_b)].mean()) if bool(torch.isfinite(up_b).any()) else 0.0,
-                           "tree_exact_mass": float((z_ex - log_z).exp()[torch.isfinite(log_z)].mean()) if bool(torch.isfinite(log_z).any()) else 1.0,
+        fin = torch.isfinite(up_b)
+        self.last_stats = {"tree_accept": accepted / max(proposed, 1), "tree_scored": float(spent.mean()),
+                           "tree_fallback": 0,
+                           "tree_logz_gap": float((up_b - lo_b)[fin].mean()) if bool(fin.any()) else 0.0,
+                           "tree_exact_mass": float((z_ex - log_z).exp()[fin].mean()) if bool(fin.any()) else 1.0,
                            "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, pool, z_for_loss, cross)
 
-    def _log_z(self, q, batch, store, scale, env_up, e_lo, e_slots, e_u, z_ex, z_env_up, lo_b, g):
-        """log Z_hat [B]: Z_exact + Z_env_up x the acceptance rate of ``estimate`` envelope-only proposals
-        (unbiased for Z); the lower bound where no estimate is possible."""
-        z_env_hat = torch.full((len(q),), NEG_INF)
-        has_env = torch.isfinite(z_env_up)
-        if self.estimate and bool(has_env.any()):
-            acc = self._propose(q, batch, store, scale, env_up, e_lo, e_slots, e_u, self.estimate, g, has_env)[0]
-            rate = acc.float().mean(1)
-            z_env_hat = torch.where(rate > 0, z_env_up + rate.clamp(min=1e-30).log(), torch.full_like(rate, NEG_INF))
-        log_z = torch.logsumexp(torch.stack([z_ex, z_env_hat], 1), dim=1)
-        return torch.where(torch.isfinite(log_z), log_z, lo_b)
-
-    def _propose(self, q, batch, store, scale, env_up, e_lo, e_slots, e_u, m, g, active, pick=None):
-        """``m`` envelope proposals per query (or the envelope entries ``pick`` [B, m]): (accepted, rows)."""
-        b = len(q)
-        if env_up.shape[1] == 0:
-            return torch.zeros(b, m, dtype=torch.bool), torch.zeros(b, m, dtype=torch.long)
-        if pick is None:
-            pick = _categorical(env_up.masked_fill(~active.unsqueeze(1), 0.0), m, g)
-        slots = e_slots.gather(1, pick)
-        u = (torch.rand(pick.shape, generator=g) * slots).long().clamp(max=(slots - 1).clamp(min=0))
-        pos = self.tree.prefix[e_lo.gather(1, pick)] + u
-        leaf = torch.searchsorted(self.tree.prefix, pos, right=True) - 1
-        rows = self.tree.members[leaf.clamp(max=len(self.tree.members) - 1), pos - self.tree.prefix[leaf]]
-        raw = torch.einsum("bd,bmd->bm", q, store.embeddings(rows.clamp(min=0).flatten()).view(b, m, -1))
-        s = raw * scale
-        bound = e_u.gather(1, pick)
-        acc = torch.rand(pick.shape, generator=g).log() < (s - bound)
-        acc &= self._usable(q, rows, batch, raw) & torch.isfinite(bound) & active.unsqueeze(1)
-        return acc, rows.clamp(min=0)
+    def _rest_estimate(self, q, scale, batch, store, env3, scored3, rest_blocks, z_rest_up, z_total, g):
+        """log of an unbiased estimate of Z_rest [B]: U_rest x mean M_n / U_n over fresh proposals ∝ U_n
+        from the unscored leaves (fewer when they hold a small share of the envelope)."""
+        out = torch.full((len(q),), NEG_INF)
+        has = torch.isfinite(z_rest_up)
+        if not self.estimate or not bool(has.any()):
+            return out
+        qh = has.nonzero().squeeze(1)
+        share = float((z_rest_up[qh] - z_total[qh]).exp().max())
+        nb = env3.shape[1]
+        blk = _categorical(rest_blocks[qh], max(1, math.ceil(self.estimate * min(1.0, share))), g)  # [H, e]
+        qi = qh.unsqueeze(1).expand_as(blk).flatten()
+        blk = blk.flatten()
+        key, inv = (qi * nb + blk).unique(return_inverse=True)
+        kq, kb = key // nb, key % nb
+        within = _draw_in_rows(env3[kq, kb].masked_fill(scored3[kq, kb], NEG_INF), inv, g)
+        leaf = blk * BLOCK + within
+        m_n = torch.logsumexp(self._score(q, scale, batch, store, qi, leaf)[0], dim=1)
+        ratio = (m_n - env3[qi, blk, within]).exp().view(len(qh), -1).mean(1)
+        out[qh] = torch.where(ratio > 0, z_rest_up[qh] + ratio.clamp(min=1e-30).log(), torch.full_like(ratio, NEG_INF))
+        return out
 
     def _cross_logits(self, q, batch, store, scale, rows):
         """[B, M] logits of ``rows`` for every query, -inf where unusable (excluded, margin)."""
         rows = rows.cpu()
         raw = q @ store.embeddings(rows).T
-        ok = self._usable(q, rows.expand(len(q), -1), batch, raw)
+        qi = torch.arange(len(q))
+        ok = self._usable(q, qi, rows.expand(len(q), -1), batch, raw)
         return (raw * scale).masked_fill(~ok, NEG_INF)
 
     def proposal(self, q, batch, store):
@@ -223,8 +271,33 @@ class TreeSampler(Sampler):
         q = q.detach().float().cpu()
         raw = q @ store.embeddings().T
         rows = torch.arange(store.n).expand(len(q), -1)
-        s = (raw * self.scale(batch)).masked_fill(~self._usable(q, rows, batch, raw), NEG_INF)
+        s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
         return s - torch.logsumexp(s, dim=1, keepdim=True)
+
+
+def _scatter_lse(x: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """[n] logsumexp of ``x`` grouped by ``idx`` (-inf for empty groups)."""
+    mx = torch.full((n,), NEG_INF).scatter_reduce_(0, idx, x, "amax")
+    base = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    tot = torch.zeros(n).index_add_(0, idx, (x - base[idx]).exp())
+    return tot.log() + base
+
+
+def _draw_in_rows(logits: torch.Tensor, inv: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """[P] an index drawn from softmax(logits[inv[p]]) for each p ([U, C] logits, each row's CDF built
+    once; one float64 search over all rows' CDFs shifted by their row number)."""
+    p = torch.softmax(logits.double(), dim=1).nan_to_num(nan=0.0)
+    cdf = (p.cumsum(1) / p.sum(1, keepdim=True).clamp(min=1e-300)).clamp(max=1.0)
+    cdf = (cdf + torch.arange(len(p), dtype=torch.float64).unsqueeze(1)).flatten()
+    u = inv.double() + torch.rand(len(inv), generator=g, dtype=torch.float64)
+    pos = torch.searchsorted(cdf, u, right=True).clamp(max=len(cdf) - 1)
+    return (pos - inv * logits.shape[1]).clamp(0, logits.shape[1] - 1)
+
+
+def _gumbel_argmax(logits: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """[P] one index per row drawn from softmax(logits) (Gumbel-max; a row of -inf gives index 0)."""
+    u = torch.rand(logits.shape, generator=g).clamp(min=1e-20)
+    return (logits - (-u.log()).log()).nan_to_num(nan=NEG_INF).argmax(dim=1)
 
 
 def _categorical(logits: torch.Tensor, m: int, g: torch.Generator) -> torch.Tensor:
