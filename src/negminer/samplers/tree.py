@@ -49,7 +49,7 @@ class TreeSampler(Sampler):
     name = "tree"
 
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
-                 estimate: int = 64, fallback: int = 8, max_proposals: int = 8192, seed: int = 0, **kw):
+                 estimate: int = 64, fallback: int = 8, max_proposals: int = 32768, seed: int = 0, **kw):
         kw["replacement"] = True
         super().__init__(k, **kw)
         self.beam, self.rounds, self.estimate, self.fallback, self.seed = beam, rounds, estimate, fallback, seed
@@ -97,9 +97,11 @@ class TreeSampler(Sampler):
         key, inv = (qi * len(self.tree.members) + leaf).unique(return_inverse=True)
         uq, ul = key // len(self.tree.members), key % len(self.tree.members)
         mem = self.tree.members[ul, :max(1, int(self.tree.fill[ul].max()))]
-        e = store.embeddings(mem.clamp(min=0).flatten()).view(*mem.shape, -1)
-        raw = torch.einsum("pd,pmd->pm", q[uq], e)
-        s = (raw * scale).masked_fill(~self._usable(q, uq, mem, batch, raw), NEG_INF)
+        s = torch.empty(mem.shape)
+        for a in range(0, len(mem), 8192):  # bounded memory: [8192, leaf, d] at a time
+            m_, q_ = mem[a:a + 8192], uq[a:a + 8192]
+            raw = torch.einsum("pd,pmd->pm", q[q_], store.embeddings(m_.clamp(min=0).flatten()).view(*m_.shape, -1))
+            s[a:a + 8192] = (raw * scale).masked_fill(~self._usable(q, q_, m_, batch, raw), NEG_INF)
         return s[inv], mem[inv]
 
     def _leaves(self):
@@ -164,16 +166,23 @@ class TreeSampler(Sampler):
         ids = torch.zeros(b, k, dtype=torch.long)
         s_ids = torch.zeros(b, k)
         got = torch.zeros(b, dtype=torch.long)
-        rate = torch.ones(b)
+        up = torch.logsumexp(blocks, dim=1)
+        alive = torch.isfinite(up)
+        # acceptance so far per query: the scored share of the envelope (a lower bound) before any proposal
+        share = torch.ones(b)
+        if ref:
+            kq, kl = ref[0] // (nb * BLOCK), ref[0] % (nb * BLOCK)
+            share = (_scatter_lse(env[kq, kl], kq, b) - up).exp().nan_to_num(0.0)
+        hits, tried = 4.0 * share, torch.full((b,), 4.0)  # as 4 trials
         spent = torch.full((b,), float(min(self.beam, n_leaves)))
-        alive = torch.isfinite(torch.logsumexp(blocks, dim=1))
         proposed = accepted = 0
-        for rnd in range(self.rounds):
+        for rnd in range(self.rounds if budget == math.inf else 1 << 30):
             need = (k - got).clamp(min=0) * alive
             if not bool(need.any()):
                 break
-            want = torch.ceil(need / rate.clamp(min=1 / 64) * 1.25).long() + (need > 0).long() * 2
-            if rnd and bool((spent + want > budget).any()):  # bounds too loose to pay: one exact pass
+            rate = ((hits + 0.5) / (tried + 1)).clamp(min=1e-6, max=1.0)
+            want = torch.ceil(need / rate * 1.25).long() + (need > 0).long() * 2
+            if bool((spent + want > budget).any()):  # bounds too loose to pay: one exact pass
                 self.log_z_bounds = None
                 d = stream_draw(self, q, batch, store, None)
                 self.last_stats = {"tree_fallback": 1, "tree_scored": float(spent.mean())}
@@ -197,7 +206,7 @@ class TreeSampler(Sampler):
             proposed += len(qi)
             accepted += int(ok.sum())
             n_ok = torch.bincount(qi[ok], minlength=b)
-            rate = torch.where(want > 0, n_ok / want.clamp(min=1), rate)
+            hits, tried = hits + n_ok, tried + want
             spent += want
             # the accepted draws of query i go to ids[i, got_i ...] in proposal order
             qa, ra, sa = qi[ok], row[ok], s_row[ok]
