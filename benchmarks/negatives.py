@@ -31,9 +31,9 @@ from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss
 
 PRESETS = {
     "static": dict(data="gcide-rd", encoder="static", steps=300, batch_size=64, lr=0.01, k=8, qlen=32, tlen=32,
-                   exact_every=10, ance_every=100, stream=8192, diag_batches=2),
+                   exact_every=10, ance_every=100, stream=8192, diag_batches=2, nystrom_every=50),
     "minilm": dict(data="scifact", encoder="minilm", steps=40, batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48,
-                   exact_every=10, ance_every=10, stream=256, diag_batches=1, regimes=False),
+                   exact_every=10, ance_every=10, stream=256, diag_batches=1, regimes=False, nystrom_every=10),
 }
 
 
@@ -48,6 +48,12 @@ def methods(p) -> list[tuple[str, dict]]:
         ("cache (refresh 1%)", {"negatives": "cache", "num_negatives": k, "refresh_fraction": 0.01}),
         ("cache-stream (fifo)", {"negatives": "cache-stream", "num_negatives": k, "cache_size": p["stream"]}),
         (f"exact (R={p['exact_every']})", {"negatives": "exact", "num_negatives": k, "refresh_every": p["exact_every"]}),
+        # the dynamic tree (exact draws from the softmax over the whole store) and Nystrom updates of stale rows
+        ("tree", {"negatives": "tree", "num_negatives": k}),
+        ("tree + nystrom", {"negatives": "tree", "num_negatives": k, "refresh": "auto,nystrom",
+                            "nystrom_every": p["nystrom_every"]}),
+        ("cache + nystrom", {"negatives": "cache", "num_negatives": k, "refresh": "auto,nystrom",
+                             "nystrom_every": p["nystrom_every"]}),
     ]
     if not p.get("regimes", True):
         return base
@@ -105,6 +111,11 @@ def run_method(ds, name, opts, p, args, tmp):
            "target_encodes": m["train"]["target_encodes"], "query_encodes": m["train"]["query_encodes"],
            "seconds": m["train"]["seconds"], "peak_rss_mb": peak_rss_mb(), "options": opts,
            **provenance(), "command": row_command(name, args)}
+    if "zero_shot_only" not in opts:
+        log = _log(tr)
+        falls = [r["tree_fallback"] for r in log if "tree_fallback" in r]  # steps the tree drew by the exact pass
+        if falls:
+            row["tree_fallback_rate"] = round(sum(falls) / len(falls), 4)
     if hook and "zero_shot_only" not in opts:
         logged = [r["diagnostics"] for r in _log(tr) if "diagnostics" in r]
         if logged:
@@ -117,11 +128,12 @@ def _log(tr):
     return [json.loads(x) for x in (tr.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
 
 
-DIAG_COLUMNS = (("tv", ".3f"), ("top10_found", ".2f"), ("grad_cosine", ".3f"))
+DIAG_COLUMNS = (("tv", ".3f"), ("top10_found", ".2f"), ("grad_cosine", ".3f"), ("store_staleness", ".4f"))
 
 
 def table(rows) -> str:
-    head = "| encoder | data | method | steps | recall@10 | ndcg@10 | target_encodes | seconds | peak RSS MB | TV | top10 found | grad cos |"
+    head = ("| encoder | data | method | steps | recall@10 | ndcg@10 | target_encodes | seconds | peak RSS MB | TV | "
+            "top10 found | grad cos | store staleness |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         d = r.get("diagnostics") or {}

@@ -99,7 +99,9 @@ def tv_rows(store, centres, sampler, queries: int, steps: int, spread: float):
         p = torch.softmax(s, 0)
         m = int(counts[i].sum())
         tv.append(0.5 * float((counts[i] / m - p).abs().sum()))
-        exact = torch.bincount(torch.multinomial(p, m, replacement=True, generator=g), minlength=store.n).float()
+        cdf = p.double().cumsum(0)  # inverse CDF: torch.multinomial takes at most 2^24 categories
+        u = torch.rand(m, generator=g, dtype=torch.float64) * cdf[-1]
+        exact = torch.bincount(torch.searchsorted(cdf, u).clamp(max=store.n - 1), minlength=store.n).float()
         tv0.append(0.5 * float((exact / m - p).abs().sum()))
     return sum(tv) / len(tv), sum(tv0) / len(tv0)
 
@@ -123,6 +125,8 @@ def run_row(n: int, d: int, beam: int, reps: int, tv_queries: int, tv_steps: int
     stats = dict(s.last_stats)
     it = iter(batches)
     brute = best_ms(lambda: ex.sample(*next(it), store), reps)
+    print(f"n {n} d {d} spread {spread}: build {build:.1f} s, tree {samp:.1f} ms, brute force {brute:.1f} ms, {stats}",
+          flush=True)
     tv, tv0 = tv_rows(store, centres, s, tv_queries, tv_steps, spread)
     radius = tree.radius[tree.depth]
     return {"n": n, "d": d, "spread": spread, "dtype": "bf16", "b": B, "k": K, "beam": beam, "leaf_size": leaf,

@@ -51,7 +51,7 @@ class TrainConfig:
     prefilter_nprobe: int = field(default=8, metadata={"help": "cache prefilter: lists probed per query"})
     prefilter_nlist: int = field(default=0, metadata={"help": "cache prefilter: IVF lists (0: sqrt(M))"})
     prefilter_rebuild: int = field(default=100, metadata={"help": "cache prefilter: rebuild the index every N steps"})
-    tree_beam: int = field(default=32, metadata={"help": "tree: nodes expanded per level per query (sets the acceptance rate, not the distribution)"})
+    tree_beam: int = field(default=8, metadata={"help": "tree: leaves of largest bound scored up front per query (sets the first acceptance rate, not the distribution)"})
     tree_branching: int = field(default=16, metadata={"help": "tree: children per node"})
     tree_leaf_size: int = field(default=64, metadata={"help": "tree: rows per leaf at build"})
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
@@ -211,8 +211,8 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.refresh_fraction <= 1, "refresh_fraction is a fraction in [0, 1]"),
         (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact", "tree"),
          "--loss cache-surrogate needs --negatives cache, cache-stream, exact or tree"),
-        (cfg.tree_beam >= 1 and cfg.tree_branching >= 2 and cfg.tree_leaf_size >= 1,
-         "tree_beam and tree_leaf_size must be >= 1, tree_branching >= 2"),
+        (cfg.tree_beam >= 0 and cfg.tree_branching >= 2 and cfg.tree_leaf_size >= 1,
+         "tree_beam must be >= 0, tree_leaf_size >= 1, tree_branching >= 2"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
     checks.append((cfg.nystrom_landmarks >= 0 and cfg.nystrom_every >= 1 and cfg.nystrom_ridge >= 0,

@@ -6,7 +6,8 @@ On a batch of queries, with every target re-encoded by the current model (fresh 
   * top10_found: fraction of the exact top-10 negatives that the sampler's k draws contain;
   * the gradient of the training loss with respect to the query embeddings, computed with the
     sampler's negatives (fresh), against the exact full-softmax gradient:
-    relative error ||g - g*|| / ||g*|| and cosine.
+    relative error ||g - g*|| / ||g*|| and cosine;
+  * the store's staleness: squared relative embedding error and mean absolute logit error (``staleness``).
 For small N only: it encodes all N targets.
 """
 
@@ -81,7 +82,20 @@ def diagnose_trainer(trainer, step: int) -> dict:
     with torch.enable_grad():
         d = diagnose(q, E, batch, trainer.sampler, trainer.store, trainer.cfg.inbatch, trainer.cfg.loss,
                      trainer.batcher.log_batch_count)
+    if trainer.store is not None:
+        d.update(staleness(trainer.store.embeddings(), E, q, batch.loss_scale))
     return {k: round(v, 6) for k, v in d.items()}
+
+
+def staleness(cached: torch.Tensor, fresh: torch.Tensor, q: torch.Tensor, scale: float) -> dict:
+    """How far the whole store is from the current tower: mean ||cached - fresh||^2 / ||fresh||^2 over
+    rows (``store_staleness``, as the refreshers log it for the rows they touch) and the mean absolute
+    logit error |<q, cached> - <q, fresh>| * scale over the batch's queries and all rows (``stale_logit``, nats)."""
+    from negminer.refreshers.base import relative_change
+
+    cached, fresh, q = cached.float(), fresh.float(), q.float()
+    return {"store_staleness": relative_change(cached, fresh),
+            "stale_logit": float(((q @ (cached - fresh).T) * scale).abs().mean())}
 
 
 def diagnose_command(args) -> int:

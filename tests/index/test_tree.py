@@ -92,3 +92,17 @@ def test_exclusions_and_checkpoint_round_trip():
     s2, r2 = u.topk(q, 5, e)
     s1, r1 = t.topk(q, 5, e)
     assert torch.equal(r1, r2) and not math.isnan(float(s2.sum()))
+
+
+def test_stragglers_get_their_own_leaves():
+    """A few rows far from every cluster widen their leaf's ball to the distance between clusters;
+    the build splits every node wider than ``wide`` x the median radius, so no leaf is that wide."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([clustered(1600, 8, 40, 0.05, 3), 3 * torch.randn(40, 8, generator=g)])
+    e = Emb(x)
+    plain = KMeansTree(branching=4, leaf_size=64, wide=0).build(e, len(x))
+    split = KMeansTree(branching=4, leaf_size=64, wide=2.0).build(e, len(x))
+    r0, r1 = plain.radius[plain.depth], split.radius[split.depth]
+    assert split.check(e) <= 1e-5 and sorted_members(split) == list(range(len(x)))
+    assert float(r1.max()) <= split.r_lim + 1e-6 < float(r0.max())
+    assert len(split.members) <= len(plain.members) + 40 + 10  # about one more leaf per straggler, not a shattered tree

@@ -90,7 +90,7 @@ class KMeansTree:
             self.center.append(torch.stack(cs))
             self.radius.append(torch.stack(rs).reshape(-1))
             level = nxt
-        self.depth = len(self.center) - 1
+        self.depth, self.r_lim = len(self.center) - 1, r_lim
         cap = max(1, math.ceil(max(len(x) for x in level) * self.slack))
         self.members = torch.full((len(level), cap), -1, dtype=torch.long)
         self.fill = torch.tensor([len(x) for x in level])
@@ -193,11 +193,11 @@ class KMeansTree:
         out = d > self.radius[self.depth][leaf]
         if bool(out.any()):
             self._reinsert(rows[out], emb[out])
-        leaf = self.leaf_of[rows]
-        for lv, nodes in enumerate(self.ancestors(leaf)):
+        anc = self.ancestors(self.leaf_of[rows])
+        for lv, nodes in enumerate(anc):
             dist = (emb - self.center[lv][nodes]).norm(dim=1)
             self.radius[lv].scatter_reduce_(0, nodes, dist, reduce="amax")
-        rebuilt = self._repair()
+        rebuilt = self._repair([a.unique() for a in anc])
         self._prefix()
         return {"moved": int(out.sum()), "rebuilt": rebuilt}
 
@@ -255,14 +255,16 @@ class KMeansTree:
             self.slot_of[m] = torch.arange(len(m))
             self.fill[lf] = len(m)
 
-    def _repair(self) -> int:
-        """Rebuild degraded subtrees below the root locally (needs ``bind``); returns how many."""
+    def _repair(self, touched: list[torch.Tensor]) -> int:
+        """Rebuild degraded subtrees below the root locally (needs ``bind``); ``touched``: per level the
+        nodes whose radius may have grown (only they can have degraded). Returns how many."""
         fn = getattr(self, "emb_fn", None)
         if fn is None:
             return 0
         done = 0
         for lv in range(1, self.depth + 1):
-            bad = (self.radius[lv] > self.degrade * self.built_radius[lv] + 1e-6).nonzero().flatten()
+            nodes = touched[lv]
+            bad = nodes[self.radius[lv][nodes] > self.degrade * self.built_radius[lv][nodes] + 1e-6]
             for node in bad.tolist():
                 if self.radius[lv][node] > self.degrade * self.built_radius[lv][node] + 1e-6:
                     self.rebuild_subtree(lv, node, fn)

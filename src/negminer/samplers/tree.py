@@ -168,19 +168,14 @@ class TreeSampler(Sampler):
         got = torch.zeros(b, dtype=torch.long)
         up = torch.logsumexp(blocks, dim=1)
         alive = torch.isfinite(up)
-        # acceptance so far per query: the scored share of the envelope (a lower bound) before any proposal
-        share = torch.ones(b)
-        if ref:
-            kq, kl = ref[0] // (nb * BLOCK), ref[0] % (nb * BLOCK)
-            share = (_scatter_lse(env[kq, kl], kq, b) - up).exp().nan_to_num(0.0)
-        hits, tried = 4.0 * share, torch.full((b,), 4.0)  # as 4 trials
+        hits, tried = torch.zeros(b), torch.zeros(b)  # acceptance so far per query; the first round probes k
         spent = torch.full((b,), float(min(self.beam, n_leaves)))
         proposed = accepted = 0
         for rnd in range(self.rounds if budget == math.inf else 1 << 30):
             need = (k - got).clamp(min=0) * alive
             if not bool(need.any()):
                 break
-            rate = ((hits + 0.5) / (tried + 1)).clamp(min=1e-6, max=1.0)
+            rate = ((hits + 0.5) / (tried + 0.5)).clamp(min=1e-6, max=1.0)
             want = torch.ceil(need / rate * 1.25).long() + (need > 0).long() * 2
             if bool((spent + want > budget).any()):  # bounds too loose to pay: one exact pass
                 self.log_z_bounds = None
