@@ -18,9 +18,10 @@ mass M_n = sum_{j in n} e^{s_j} (usable rows only) is bounded by U_n = live_n e^
 3. If a query would need more than 1/``fallback`` of the leaves scored (bounds too loose to pay:
    embeddings not clustered tightly enough for their balls), the step draws by one exact streaming
    pass over the store instead (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
-4. Z = Z_exact (scored leaves) + Z_rest; Z_rest lies between sum (live_n - excluded) e^{l_n} (l_n the
-   lower logit bound; not a bound with --margin) and sum U_n, and is estimated without bias by
-   U_rest x the mean of M_n / U_n over ``estimate`` fresh proposals from the unscored leaves.
+4. Z = Z_exact (scored leaves) + Z_rest, so Z_exact <= Z <= Z_exact + sum of the unscored leaves' U_n
+   (``log_z_bounds``; lower bounds of the unscored leaves would cost another pass over all leaves and
+   add little where the tree pays); Z_rest is estimated without bias by U_rest x the mean of M_n / U_n
+   over ``estimate`` fresh proposals from the unscored leaves.
    Draws are with replacement, so a draw's weight is its expected count, log pi_j = log k + s_j -
    log Z_hat (as uniform and the replacement stream give); ``log_z_bounds`` holds [lower, upper] of log Z.
 
@@ -29,7 +30,7 @@ the log). The store tells the tree which rows each write changed; the tree keeps
 place (index/tree.py). Logged: ``tree_accept`` (acceptance rate of proposals), ``tree_scored`` (leaves
 scored per query), ``tree_logz_gap`` (upper - lower log Z), ``tree_exact_mass`` (share of Z_hat scored).
 
-Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 32 --refresh auto,nystrom
+Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 8 --refresh auto,nystrom
 """
 
 from __future__ import annotations
@@ -128,15 +129,10 @@ class TreeSampler(Sampler):
         c, r, loglive = self._leaves()
         nb = len(r) // BLOCK
         qn = qs.norm(dim=1)
-        env = torch.addmm(loglive.expand(b, -1), qs, c.T)         # <q, c_n> + log live_n
-        low = env.addr(qn, r, alpha=-1)                           # log of a lower bound on M_n
-        env.addr_(qn, r)                                          # log U_n
-        if len(batch.excl.qi):  # a leaf holding a row the query excludes: left out of the lower bound
-            low[batch.excl.qi, t.leaf_of[batch.excl.rows].clamp(min=0)] = NEG_INF
-        env3, low3 = env.view(b, nb, BLOCK), low.view(b, nb, BLOCK)
-        blocks, rest_blocks = torch.logsumexp(env3, dim=2), None   # [B, nb]: all leaves; unscored leaves
-        low_blocks = torch.logsumexp(low3, dim=2)
-        rest_blocks = blocks.clone()
+        env = torch.addmm(loglive.expand(b, -1), qs, c.T).addr_(qn, r)  # log U_n = log live_n + u_n
+        env3 = env.view(b, nb, BLOCK)
+        blocks = torch.logsumexp(env3, dim=2)                     # [B, nb]: all leaves
+        rest_blocks = blocks.clone()                              # unscored leaves only
         scored = torch.zeros(b, nb * BLOCK, dtype=torch.bool)
         scored3 = scored.view(b, nb, BLOCK)
         ref = []                                                  # (query, leaf) pairs scored
@@ -144,14 +140,12 @@ class TreeSampler(Sampler):
         def refine(qi, leaf, s):
             m = torch.logsumexp(s, dim=1)
             env[qi, leaf] = m
-            low[qi, leaf] = NEG_INF
             scored[qi, leaf] = True
             key = (qi * nb + leaf // BLOCK).unique()
             bq, bb = key // nb, key % nb
             e = env3[bq, bb]
             blocks[bq, bb] = torch.logsumexp(e, dim=1)
             rest_blocks[bq, bb] = torch.logsumexp(e.masked_fill(scored3[bq, bb], NEG_INF), dim=1)
-            low_blocks[bq, bb] = torch.logsumexp(low3[bq, bb], dim=1)
             ref.append(qi * (nb * BLOCK) + leaf)
             return m
 
@@ -218,7 +212,7 @@ class TreeSampler(Sampler):
         z_ex = _scatter_lse(env[kq, kl], kq, b)
         z_rest_up = torch.logsumexp(rest_blocks, dim=1)
         lse2 = lambda a, c: torch.logsumexp(torch.stack([a, c], 1), dim=1)  # noqa: E731
-        lo_b, up_b = lse2(z_ex, torch.logsumexp(low_blocks, dim=1)), lse2(z_ex, z_rest_up)
+        lo_b, up_b = z_ex, lse2(z_ex, z_rest_up)  # the scored mass; the scored mass + the others' bounds
         est = self._rest_estimate(q, scale, batch, store, env3, scored3, rest_blocks, z_rest_up, up_b, g)
         log_z = lse2(z_ex, est)
         log_z = torch.where(torch.isfinite(log_z), log_z, lo_b)
