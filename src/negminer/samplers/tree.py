@@ -15,9 +15,10 @@ mass M_n = sum_{j in n} e^{s_j} (usable rows only) is bounded by U_n = live_n e^
    against the envelope at its start (still exact: each is a trial against a valid envelope).
    Leaves are grouped in blocks of 1024, so a proposal costs a draw over blocks and one within a block,
    and a refinement updates one block's sum.
-3. If a query would need more than 1/``fallback`` of the leaves scored (bounds too loose to pay:
-   embeddings not clustered tightly enough for their balls), the step draws by one exact streaming
-   pass over the store instead (with replacement, exact Z; ``tree_fallback`` = 1 in the log).
+3. If a query would need more than 1/``fallback`` of the leaves scored, or its beam holds under
+   ``min_share`` (1%) of its envelope (bounds too loose to pay: embeddings not clustered tightly enough
+   for their balls), the step draws by one exact streaming pass over the store instead (with
+   replacement, exact Z; ``tree_fallback`` = 1 in the log).
 4. Z = Z_exact (scored leaves) + Z_rest, so Z_exact <= Z <= Z_exact + sum of the unscored leaves' U_n
    (``log_z_bounds``; lower bounds of the unscored leaves would cost another pass over all leaves and
    add little where the tree pays); Z_rest is estimated without bias by U_rest x the mean of M_n / U_n
@@ -50,11 +51,12 @@ class TreeSampler(Sampler):
     name = "tree"
 
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
-                 estimate: int = 64, fallback: int = 8, max_proposals: int = 32768, seed: int = 0, **kw):
+                 estimate: int = 64, fallback: int = 8, min_share: float = 0.01, max_proposals: int = 32768,
+                 seed: int = 0, **kw):
         kw["replacement"] = True
         super().__init__(k, **kw)
         self.beam, self.rounds, self.estimate, self.fallback, self.seed = beam, rounds, estimate, fallback, seed
-        self.max_proposals = max_proposals
+        self.max_proposals, self.min_share = max_proposals, min_share
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
         self.tree: KMeansTree | None = None
         self._watched = None
@@ -157,6 +159,11 @@ class TreeSampler(Sampler):
             refine(qi, leaf, self._score(q, scale, batch, store, qi, leaf)[0])
 
         budget = max(1, n_leaves // self.fallback) if self.fallback else math.inf
+        if self.fallback and self.beam and ref:  # the beam's share of the envelope bounds the acceptance from below;
+            kq, kl = ref[0] // (nb * BLOCK), ref[0] % (nb * BLOCK)  # under 1% (spread embeddings): skip the probe
+            share = (_scatter_lse(env[kq, kl], kq, b) - torch.logsumexp(blocks, dim=1)).exp().nan_to_num(0.0)
+            if bool((share < self.min_share).any()):
+                return self._fall_back(q, batch, store, float(min(self.beam, n_leaves)))
         ids = torch.zeros(b, k, dtype=torch.long)
         s_ids = torch.zeros(b, k)
         got = torch.zeros(b, dtype=torch.long)
@@ -172,10 +179,7 @@ class TreeSampler(Sampler):
             rate = ((hits + 0.5) / (tried + 0.5)).clamp(min=1e-6, max=1.0)
             want = torch.ceil(need / rate * 1.25).long() + (need > 0).long() * 2
             if bool((spent + want > budget).any()):  # bounds too loose to pay: one exact pass
-                self.log_z_bounds = None
-                d = stream_draw(self, q, batch, store, None)
-                self.last_stats = {"tree_fallback": 1, "tree_scored": float(spent.mean())}
-                return d
+                return self._fall_back(q, batch, store, float(spent.mean()))
             want = (want * min(1.0, self.max_proposals / max(1, int(want.sum())))).long().clamp(min=1) * (need > 0)
             m = int(want.max())
             blk = _categorical(blocks, m, g)                                           # [B, m]
@@ -233,6 +237,12 @@ class TreeSampler(Sampler):
                            "tree_exact_mass": float((z_ex - log_z).exp()[fin].mean()) if bool(fin.any()) else 1.0,
                            "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, pool, z_for_loss, cross)
+
+    def _fall_back(self, q, batch, store, scored: float) -> Draw:
+        self.log_z_bounds = None
+        d = stream_draw(self, q, batch, store, None)
+        self.last_stats = {"tree_fallback": 1, "tree_scored": scored}
+        return d
 
     def _rest_estimate(self, q, scale, batch, store, env3, scored3, rest_blocks, z_rest_up, z_total, g):
         """log of an unbiased estimate of Z_rest [B]: U_rest x mean M_n / U_n over fresh proposals ∝ U_n
