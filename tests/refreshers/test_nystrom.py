@@ -64,3 +64,19 @@ def test_moves_do_not_reorder_the_oldest_first_queue():
     popped = q.pop(300).tolist()
     ages = store.age[popped].tolist()
     assert ages == sorted(ages) and set(popped[-50:]) >= set(range(10)) - set((store.age == 5).nonzero().flatten().tolist())
+
+
+def test_a_map_that_makes_held_out_landmarks_staler_is_not_applied():
+    """Each row drifts on its own (no linear map explains it): fitted on 32 landmarks in d = 16, the map
+    overfits, the held-out fifth says so, and the other rows stay where they were."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(300, 16, generator=g)
+    Y = X + 0.5 * torch.randn(300, 16, generator=g)
+    store, model = make_store(X)
+    model.E = Y
+    r = Nystrom(landmarks=40, every=5, ridge=0.0)
+    r.setup(store, None, encoder(store, model), seed=0)
+    r.after_step(fresh(4))
+    assert r.stats["nystrom_applied"] == 0.0 and r.stats["nystrom_after"] >= r.stats["nystrom_before"]
+    moved = store.age == 0
+    assert int(moved.sum()) == 260 and torch.equal(store.embeddings(moved.nonzero().flatten()), X[moved])

@@ -13,8 +13,11 @@ M - m rows costs O(M d^2), streamed in chunks, no target encodes. Exact when the
 linear and the landmarks span the rows. Moved rows keep their age (they were not re-encoded);
 with ``normalize`` (a tower with unit outputs) they are put back on the sphere.
 
-Logs ``nystrom_before`` and ``nystrom_after``: the staleness (||x - y||^2 / ||y||^2) of every fifth
-landmark before and after a map fitted on the other four fifths: what the update buys, held out.
+Every fifth landmark is held out: maps fitted on the other four fifths with ridge r, 10r, 100r and
+1000r are scored on it, the best ridge is kept, and if even it leaves the held-out rows staler than
+they were (a drift the map cannot represent, or too few landmarks for d), no row is moved.
+Logs ``nystrom_before`` / ``nystrom_after`` (held-out staleness ||x - y||^2 / ||y||^2 without and with
+the best map), ``nystrom_ridge`` and ``nystrom_applied``.
 
 Example::  negminer train --negatives cache --refresh auto,nystrom --nystrom-landmarks 768 --nystrom-every 50
 """
@@ -57,11 +60,16 @@ class Nystrom(Refresher):
         old = self.store.embeddings(marks)
         new = self.encode(marks, step)
         held = torch.arange(len(marks)) % 5 == 4
-        if int(held.sum()) and int((~held).sum()):
-            a = fit_map(old[~held], new[~held], self.ridge)
-            self.stats = {"nystrom_before": relative_change(old[held], new[held]),
-                          "nystrom_after": relative_change(self._moved(old[held], a), new[held])}
-        a = fit_map(old, new, self.ridge)
+        ridge = self.ridge
+        if int(held.sum()) and int((~held).sum()):  # the ridge that predicts the held-out fifth best
+            before = relative_change(old[held], new[held])
+            after, ridge = min((relative_change(self._moved(old[held], fit_map(old[~held], new[~held], r)), new[held]), r)
+                               for r in (self.ridge * 10 ** i for i in range(4)))
+            self.stats = {"nystrom_before": before, "nystrom_after": after, "nystrom_ridge": ridge,
+                          "nystrom_applied": float(after < before)}
+            if after >= before:  # the map would make held-out rows staler: leave the other rows where they are
+                return
+        a = fit_map(old, new, ridge)
         rest = torch.ones(len(rows), dtype=torch.bool)
         rest[pick] = False
         rest = rows[rest]
