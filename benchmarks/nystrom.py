@@ -17,6 +17,7 @@ Then recall@10 / ndcg@10 on the test split, target and query encodes, seconds.
 
     python benchmarks/nystrom.py                    # 40 steps, measured at 5, 15, 25, 35
     python benchmarks/nystrom.py --steps 80 --every 20 --measure 10 30 50 70
+    python benchmarks/nystrom.py --only nystrom        # rerun one row, keep the others
 
 Writes benchmarks/results/nystrom.json (rows with method, curve, metrics, commit, command) and nystrom.md.
 """
@@ -64,7 +65,8 @@ def run(ds, name, opts, args, tmp) -> dict:
     for r in log:
         if "nystrom_before" in r and (not held or (held[-1]["before"], held[-1]["after"]) !=
                                       (round(r["nystrom_before"], 5), round(r["nystrom_after"], 5))):
-            held.append({"step": r["step"], "before": round(r["nystrom_before"], 5), "after": round(r["nystrom_after"], 5)})
+            held.append({"step": r["step"], "before": round(r["nystrom_before"], 5), "after": round(r["nystrom_after"], 5),
+                         "ridge": r.get("nystrom_ridge"), "applied": r.get("nystrom_applied")})
     return {"method": name, "options": opts, "steps": args.steps, "recall@10": round(m["recall@10"], 4),
             "ndcg@10": round(m["ndcg@10"], 4), "target_encodes": m["train"]["target_encodes"],
             "query_encodes": m["train"]["query_encodes"], "seconds": m["train"]["seconds"],
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--landmarks", type=int, default=768, help="Nystrom landmarks m (2 x MiniLM's 384)")
     ap.add_argument("--measure", nargs="*", type=int, help="steps to measure staleness at (default mid-period)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", help="run only the rows whose method starts with one of these words")
     args = ap.parse_args(argv)
     args.measure = args.measure or list(range(args.every // 2, args.steps, args.every))
     data = SHARED_DATA / "scifact"
@@ -109,9 +112,15 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts in configs(args.steps, args.every, args.landmarks, ds.num_targets):
+            if args.only and not any(name.startswith(w) for w in args.only):
+                continue
             row = {**run(ds, name, opts, args, tmp), **prov}
             rows.append(row)
             print(table([row]).splitlines()[2], flush=True)
+    jf = RESULTS / "nystrom.json"
+    if args.only and jf.exists():  # keep the other rows of the last full run, in its order
+        new = {r["method"]: r for r in rows}
+        rows = [new.pop(r["method"], r) for r in json.loads(jf.read_text())["rows"]] + list(new.values())
     write_result("nystrom", {"rows": rows})
     atomic_write_text(RESULTS / "nystrom.md", table(rows) + "\n")
     print("\n" + table(rows))
