@@ -159,20 +159,20 @@ class TreeSampler(Sampler):
             refine(qi, leaf, self._score(q, scale, batch, store, qi, leaf)[0])
 
         budget = max(1, n_leaves // self.fallback) if self.fallback else math.inf
+        up = torch.logsumexp(blocks, dim=1)                       # log of the whole envelope per query
         if self.fallback and self.beam and ref:  # the beam's share of the envelope bounds the acceptance from below;
             kq, kl = ref[0] // (nb * BLOCK), ref[0] % (nb * BLOCK)  # under 1% (spread embeddings): skip the probe
-            share = (_scatter_lse(env[kq, kl], kq, b) - torch.logsumexp(blocks, dim=1)).exp().nan_to_num(0.0)
+            share = (_scatter_lse(env[kq, kl], kq, b) - up).exp().nan_to_num(0.0)
             if bool((share < self.min_share).any()):
                 return self._fall_back(q, batch, store, float(min(self.beam, n_leaves)))
         ids = torch.zeros(b, k, dtype=torch.long)
         s_ids = torch.zeros(b, k)
         got = torch.zeros(b, dtype=torch.long)
-        up = torch.logsumexp(blocks, dim=1)
         alive = torch.isfinite(up)
         hits, tried = torch.zeros(b), torch.zeros(b)  # acceptance so far per query; the first round probes k
         spent = torch.full((b,), float(min(self.beam, n_leaves)))
         proposed = accepted = 0
-        for rnd in range(self.rounds if budget == math.inf else 1 << 30):
+        for _ in range(self.rounds if budget == math.inf else 1 << 30):  # the budget ends it when it is finite
             need = (k - got).clamp(min=0) * alive
             if not bool(need.any()):
                 break
