@@ -95,14 +95,31 @@ def test_exclusions_and_checkpoint_round_trip():
 
 
 def test_stragglers_get_their_own_leaves():
-    """A few rows far from every cluster widen their leaf's ball to the distance between clusters;
-    the build splits every node wider than ``wide`` x the median radius, so no leaf is that wide."""
+    """A few rows far from every cluster (and fragments of one cluster cut off by a top-level split)
+    widen their leaf's ball to the distance between clusters; the refinement phase splits them off, so
+    no leaf spans two clusters, without shattering the clusters themselves."""
     g = torch.Generator().manual_seed(3)
     x = torch.cat([clustered(1600, 8, 40, 0.05, 3), 3 * torch.randn(40, 8, generator=g)])
     e = Emb(x)
-    plain = KMeansTree(branching=4, leaf_size=64, wide=0).build(e, len(x))
-    split = KMeansTree(branching=4, leaf_size=64, wide=2.0).build(e, len(x))
+    plain = KMeansTree(branching=4, leaf_size=64, gain=0).build(e, len(x))
+    split = KMeansTree(branching=4, leaf_size=64).build(e, len(x))
     r0, r1 = plain.radius[plain.depth], split.radius[split.depth]
     assert split.check(e) <= 1e-5 and sorted_members(split) == list(range(len(x)))
-    assert float(r1.max()) <= split.r_lim + 1e-6 < float(r0.max())
-    assert len(split.members) <= len(plain.members) + 40 + 10  # about one more leaf per straggler, not a shattered tree
+    assert float(r1.max()) < 1.0 < float(r0.max())  # cluster radius ~0.2, centres ~4 apart
+    assert len(split.members) <= len(plain.members) + 40 + 10  # about one more leaf per straggler
+
+
+def test_batched_build_cuts_big_nodes_in_row_chunks(monkeypatch):
+    """Nodes larger than one padded block are assigned in row chunks, smaller ones padded together:
+    with a tiny block both paths run, and every row still lands in exactly one leaf within its bounds."""
+    from negminer.index import segmented
+
+    monkeypatch.setattr(segmented, "BLOCK_ROWS", 48)
+    x = clustered(900, 6, 12, 0.1, 5)
+    e = Emb(x)
+    t = KMeansTree(branching=4, leaf_size=30, seed=2).build(e, len(x))
+    assert t.check(e) <= 1e-5 and sorted_members(t) == list(range(len(x)))
+    assert int(t.fill.max()) <= 30 and len(t.members) >= 900 // 30
+    q = torch.randn(5, 6)
+    s, r = t.topk(q, 7, e)
+    assert torch.allclose(s, (q @ x.T).topk(7, dim=1).values, atol=1e-5)

@@ -15,12 +15,18 @@ children are contiguous in the next level (``child_lo``, ``child_cnt``), so its 
 range (``leaf_lo``, ``leaf_hi``). Leaves hold store rows in a slot table ``members`` [leaves, cap]
 (-1: empty or removed), so a row moves between leaves in O(1).
 
-Build: top-down; a node of more than ``leaf_size`` rows is split into min(b, ceil(n / leaf_size))
-children by k-means (seeded, trained on at most 32 rows per centre, every row assigned), until all
-nodes hold at most ``leaf_size``: each row is compared with b centres per level, O(N b d log_b N).
-Then nodes whose radius exceeds ``wide`` x the median node radius are split on (k-means rarely sees a
-few stragglers of another cluster, and one such row widens its leaf's ball, hence every query's bound,
-by the distance between the clusters); 0 turns this off.
+Build: top-down, one level at a time; a node of more than ``leaf_size`` rows is split into
+min(b, ceil(n / leaf_size)) children by k-means (seeded, trained on at most 32 rows per centre, every
+row assigned), until all nodes hold at most ``leaf_size``: each row is compared with b centres per level,
+O(N b d log_b N). All big nodes of a level are clustered together by batched matrix products
+(index/segmented.py: nodes of similar size padded into one block; plain torch, no compiled extension
+needed, since the work is in bmm calls and the Python loop runs per block, not per node). Then every
+node is refined while at most b centres chosen farthest-first (Gonzalez's k-centre; at most one per 4
+rows) cover its rows within ``gain`` x its radius, and split regardless (into b) while its radius
+exceeds ``wide`` x the median leaf radius: top-level cuts leave fragments of one cluster in a node with
+others (and stragglers), and such a mixed leaf's ball spans the distance between clusters, hence every
+query's bound; one tight cluster is not cut (in high dimension no few centres cover it much tighter).
+``gain`` 0 turns this phase off, ``wide`` 0 its forced splits.
 
 Updates (``update(rows, emb)``, called with the store's new embeddings): a row inside its leaf's
 ball stays; one that left it is re-inserted by greedy descent (nearest centre per level) into a leaf
@@ -41,99 +47,85 @@ import math
 
 import torch
 
+from negminer.index import segmented
+
 NEG_INF = -math.inf
 
 
 class KMeansTree:
     def __init__(self, branching: int = 16, leaf_size: int = 64, iters: int = 8, degrade: float = 2.0,
-                 slack: float = 1.5, wide: float = 2.0, seed: int = 0, chunk: int = 1 << 18):
+                 slack: float = 1.5, gain: float = 0.5, wide: float = 2.0, seed: int = 0, chunk: int = 1 << 18):
         if branching < 2 or leaf_size < 1:
             raise ValueError("tree: branching must be >= 2 and leaf_size >= 1")
         self.b, self.leaf_size, self.iters, self.degrade, self.slack = branching, leaf_size, iters, degrade, slack
-        self.seed, self.chunk, self.wide = seed, chunk, wide
+        self.seed, self.chunk, self.gain, self.wide = seed, chunk, gain, wide
         self.rebuilds = 0
 
     # ---- build ----------------------------------------------------------------------------
     def build(self, emb_fn, n: int, rows: torch.Tensor | None = None) -> "KMeansTree":
-        """``emb_fn(rows)``: float32 [m, d] embeddings of store rows; ``rows``: the rows indexed (all)."""
+        """``emb_fn(rows)``: float32 [m, d] embeddings of store rows; ``rows``: the rows indexed (all).
+        One level at a time, every big node of the level split at once (index/segmented.py)."""
         self.n = n
         g = torch.Generator().manual_seed(self.seed)
-        rows = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-        level = [rows]
-        c, r = self._ball(emb_fn, rows)
-        self.center, self.radius = [c.unsqueeze(0)], [r.reshape(1)]
+        perm = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        bounds = torch.tensor([0, len(perm)])
+        c, r = segmented.balls(emb_fn, perm, bounds, torch.zeros(1, dtype=torch.long), self.chunk)
+        self.center, self.radius = [c], [r]
         self.child_lo, self.child_cnt, self.parent = [], [], [torch.full((1,), -1, dtype=torch.long)]
-        r_lim = math.inf  # phase 2 (once every node fits a leaf): split nodes wider than wide x the median
+        r_lim, refine = math.inf, False  # phase 2, once every node fits a leaf: split off groups much tighter than their node
+        final = torch.zeros(1, dtype=torch.bool)
         while True:
-            big = [len(x) > self.leaf_size or (len(x) > 1 and float(self.radius[-1][i]) > r_lim)
-                   for i, x in enumerate(level)]
-            if not any(big) and r_lim == math.inf and self.wide:
-                r_lim = self.wide * float(self.radius[-1].median())
-                continue
-            if not any(big):
+            size = bounds.diff()
+            big = ~final & (size > 1) if refine else size > self.leaf_size
+            if not bool(big.any()):
+                if not refine and self.gain:
+                    refine, final = True, size <= 1
+                    r_lim = self.wide * float(self.radius[-1].median()) if self.wide else math.inf
+                    continue
                 break
-            nxt, lo, cnt, parent, cs, rs = [], [], [], [], [], []
-            for i, x in enumerate(level):
-                parts = self._split(emb_fn, x, g) if big[i] else [(x, None, None)]
-                lo.append(len(nxt))
-                cnt.append(len(parts))
-                for p, pc, pr in parts:
-                    if pc is None:
-                        pc, pr = (self.center[-1][i], self.radius[-1][i]) if len(parts) == 1 else self._ball(emb_fn, p)
-                    nxt.append(p)
-                    parent.append(i)
-                    cs.append(pc)
-                    rs.append(pr)
-            self.child_lo.append(torch.tensor(lo))
-            self.child_cnt.append(torch.tensor(cnt))
-            self.parent.append(torch.tensor(parent))
-            self.center.append(torch.stack(cs))
-            self.radius.append(torch.stack(rs).reshape(-1))
-            level = nxt
+            nodes = big.nonzero().squeeze(1)
+            part = torch.zeros(len(perm), dtype=torch.long)
+            if refine:
+                k = torch.full((len(nodes),), self.b)
+                done = segmented.split(emb_fn, perm, bounds, nodes, k, self.iters, 0, g, part, self.gain, r_lim)
+                final[nodes[~done]] = True
+                big[nodes[~done]] = False
+                if not bool(done.any()):
+                    continue
+            else:
+                k = torch.ceil(size[nodes] / self.leaf_size).long().clamp(min=2, max=self.b)
+                segmented.split(emb_fn, perm, bounds, nodes, k, self.iters, 32, g, part)
+            key = torch.repeat_interleave(torch.arange(len(size)), size) * self.b + part
+            order = key.argsort(stable=True)
+            perm, key = perm[order], key[order]
+            uk, cnt = key.unique_consecutive(return_counts=True)
+            parent = uk // self.b
+            child_cnt = torch.bincount(parent, minlength=len(size))
+            bounds = torch.cat([torch.zeros(1, dtype=torch.long), cnt.cumsum(0)])
+            c, r = self.center[-1][parent].clone(), self.radius[-1][parent].clone()  # pass-through children
+            new = big[parent].nonzero().squeeze(1)
+            c[new], r[new] = segmented.balls(emb_fn, perm, bounds, new, self.chunk)
+            self.child_lo.append(child_cnt.cumsum(0) - child_cnt)
+            self.child_cnt.append(child_cnt)
+            self.parent.append(parent)
+            self.center.append(c)
+            self.radius.append(r)
+            final = final[parent]
         self.depth, self.r_lim = len(self.center) - 1, r_lim
-        cap = max(1, math.ceil(max(len(x) for x in level) * self.slack))
-        self.members = torch.full((len(level), cap), -1, dtype=torch.long)
-        self.fill = torch.tensor([len(x) for x in level])
+        size = bounds.diff()
+        cap = max(1, math.ceil(int(size.max()) * self.slack))
+        leaf = torch.repeat_interleave(torch.arange(len(size)), size)
+        slot = torch.arange(len(perm)) - bounds[leaf]
+        self.members = torch.full((len(size), cap), -1, dtype=torch.long)
+        self.members[leaf, slot] = perm
+        self.fill = size.clone()
         self.leaf_of = torch.full((n,), -1, dtype=torch.long)
         self.slot_of = torch.full((n,), -1, dtype=torch.long)
-        for i, x in enumerate(level):
-            self.members[i, :len(x)] = x
-            self.leaf_of[x] = i
-            self.slot_of[x] = torch.arange(len(x))
+        self.leaf_of[perm], self.slot_of[perm] = leaf, slot
         self.live = self.fill.clone()
         self.built_radius = [r.clone() for r in self.radius]
         self._ranges()
         return self
-
-    def _ball(self, emb_fn, rows):
-        """Mean and radius of ``rows`` (read in chunks)."""
-        s, m = None, len(rows)
-        for i in range(0, m, self.chunk):
-            e = emb_fn(rows[i:i + self.chunk]).sum(0)
-            s = e if s is None else s + e
-        c = s / max(m, 1)
-        r = torch.zeros(())
-        for i in range(0, m, self.chunk):
-            r = torch.maximum(r, (emb_fn(rows[i:i + self.chunk]) - c).norm(dim=1).max())
-        return c, r
-
-    def _split(self, emb_fn, rows, g):
-        """k-means of ``rows`` into min(b, ceil(n / leaf_size)) parts: [(rows, centre, radius)]."""
-        k = max(2, min(self.b, math.ceil(len(rows) / self.leaf_size)))
-        train = emb_fn(rows[torch.randperm(len(rows), generator=g)[: 32 * k]].sort().values)
-        c = train[torch.randperm(len(train), generator=g)[:k]].clone()
-        for _ in range(self.iters):
-            a = _nearest(train, c)
-            sums = torch.zeros_like(c).index_add_(0, a, train)
-            cnt = torch.bincount(a, minlength=k).unsqueeze(1)
-            c = torch.where(cnt > 0, sums / cnt.clamp(min=1), c)
-        a = torch.cat([_nearest(emb_fn(rows[i:i + self.chunk]), c) for i in range(0, len(rows), self.chunk)])
-        order = a.argsort(stable=True)
-        sizes = torch.bincount(a, minlength=k).tolist()
-        parts = [p for p in rows[order].split(sizes) if len(p)]
-        if len(parts) == 1:  # k-means could not separate them (duplicates): split evenly
-            parts = list(rows.tensor_split(k))
-        return [(p, *self._ball(emb_fn, p)) for p in parts]
 
     def _ranges(self) -> None:
         """leaf_lo / leaf_hi of every node, bottom-up, and the prefix sums of leaf fills."""
