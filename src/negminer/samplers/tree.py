@@ -96,30 +96,51 @@ class TreeSampler(Sampler):
 
     def _score(self, q, scale, batch, store, qi, leaf):
         """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows;
-        each distinct (query, leaf) pair is scored once, and only the leaves' filled slots."""
+        each distinct (query, leaf) pair is scored once, and only the filled slots are read (leaves
+        differ in fill, so the rows are gathered flat, not padded to the widest leaf)."""
         key, inv = (qi * len(self.tree.members) + leaf).unique(return_inverse=True)
         uq, ul = key // len(self.tree.members), key % len(self.tree.members)
         mem = self.tree.members[ul, :max(1, int(self.tree.fill[ul].max()))]
-        s = torch.empty(mem.shape)
-        for a in range(0, len(mem), 8192):  # bounded memory: [8192, leaf, d] at a time
-            m_, q_ = mem[a:a + 8192], uq[a:a + 8192]
-            raw = torch.einsum("pd,pmd->pm", q[q_], store.embeddings(m_.clamp(min=0).flatten()).view(*m_.shape, -1))
-            s[a:a + 8192] = (raw * scale).masked_fill(~self._usable(q, q_, m_, batch, raw), NEG_INF)
+        ok = mem >= 0
+        rows, fq = mem[ok], uq.unsqueeze(1).expand_as(mem)[ok]
+        raw = torch.empty(len(rows))
+        per_q = torch.bincount(fq, minlength=len(q)).tolist()  # pairs are sorted by query: a matvec each
+        a = 0
+        for i, m in enumerate(per_q):
+            for c in range(a, a + m, 1 << 18):  # bounded memory: [2^18, d] at a time
+                e = min(a + m, c + (1 << 18))
+                torch.mv(store.embeddings(rows[c:e]), q[i], out=raw[c:e])
+            a += m
+        good = self._usable(q, fq, rows.unsqueeze(1), batch, raw.unsqueeze(1)).squeeze(1)
+        s = torch.full(mem.shape, NEG_INF)
+        s[ok] = (raw * scale).masked_fill(~good, NEG_INF)
         return s[inv], mem[inv]
 
     def _leaves(self):
-        """Leaf centres, radii and log live counts padded to whole blocks (cached per tree version)."""
+        """[leaves padded to whole blocks, d + 2] rows (c_n, r_n, log live_n), so that one product with
+        (q, ||q||, 1) gives every log U_n (cached per tree version)."""
         t = self.tree
         if getattr(self, "_leaf_cache", (None,))[0] != (id(t), t.version):
             n, nb = len(t.members), -(-len(t.members) // BLOCK)
-            c = torch.zeros(nb * BLOCK, t.center[t.depth].shape[1])
-            c[:n] = t.center[t.depth]
-            r = torch.zeros(nb * BLOCK)
-            r[:n] = t.radius[t.depth]
-            ll = torch.full((nb * BLOCK,), NEG_INF)
-            ll[:n] = t.live.float().log()
-            self._leaf_cache = ((id(t), t.version), c, r, ll)
-        return self._leaf_cache[1:]
+            d = t.center[t.depth].shape[1]
+            aug = getattr(self, "_leaf_cache", (None, None))[1]
+            if aug is None or aug.shape != (nb * BLOCK, d + 2):  # else rewritten in place (every step in training)
+                aug = torch.zeros(nb * BLOCK, d + 2)
+            aug[:n, :d] = t.center[t.depth]
+            aug[:n, d] = t.radius[t.depth]
+            aug[:, d + 1] = NEG_INF
+            aug[:n, d + 1] = t.live.float().log()
+            self._leaf_cache = ((id(t), t.version), aug)
+        return self._leaf_cache[1]
+
+    def _buffers(self, b: int, n: int):
+        """The [B, leaves] envelope and scored mask, kept between steps (fresh 100 MB tensors each step
+        cost as much in page faults as the product itself)."""
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf[0].shape != (b, n):
+            self._buf = buf = (torch.empty(b, n), torch.empty(b, n, dtype=torch.bool))
+        buf[1].zero_()
+        return buf
 
     def sample(self, q, batch, store) -> Draw:
         t, b, k = self.tree, len(q), self.k
@@ -128,15 +149,13 @@ class TreeSampler(Sampler):
         qs = q * scale
         g = batch.generator
         n_leaves = len(t.members)
-        c, r, loglive = self._leaves()
-        nb = len(r) // BLOCK
-        qn = qs.norm(dim=1)
-        env = torch.addmm(loglive.expand(b, -1), qs, c.T).addr_(qn, r)  # log U_n = log live_n + u_n
-        env3 = env.view(b, nb, BLOCK)
-        blocks = torch.logsumexp(env3, dim=2)                     # [B, nb]: all leaves
+        aug = self._leaves()
+        nb = len(aug) // BLOCK
+        env, scored = self._buffers(b, nb * BLOCK)
+        torch.mm(torch.cat([qs, qs.norm(dim=1, keepdim=True), torch.ones(b, 1)], 1), aug.T, out=env)  # log U_n
+        env3, scored3 = env.view(b, nb, BLOCK), scored.view(b, nb, BLOCK)
+        blk_max, blocks = _block_lse(env3)                        # [B, nb]: all leaves
         rest_blocks = blocks.clone()                              # unscored leaves only
-        scored = torch.zeros(b, nb * BLOCK, dtype=torch.bool)
-        scored3 = scored.view(b, nb, BLOCK)
         ref = []                                                  # (query, leaf) pairs scored
 
         def refine(qi, leaf, s):
@@ -152,7 +171,7 @@ class TreeSampler(Sampler):
             return m
 
         if self.beam:  # score the beam up front
-            top = env.topk(min(self.beam, n_leaves), dim=1)
+            top = _topk_by_block(env3, blk_max, min(self.beam, n_leaves))
             ok = torch.isfinite(top.values)
             qi = torch.arange(b).unsqueeze(1).expand_as(top.indices)[ok]
             leaf = top.indices[ok]
@@ -281,6 +300,29 @@ class TreeSampler(Sampler):
         rows = torch.arange(store.n).expand(len(q), -1)
         s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
         return s - torch.logsumexp(s, dim=1, keepdim=True)
+
+
+def _block_lse(env3: torch.Tensor, chunk: int = 16):
+    """Per block of leaves: max and logsumexp ([B, nb] each), a few blocks at a time (small temporaries)."""
+    mx = env3.amax(2)
+    base = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+    out = torch.empty_like(mx)
+    tmp = torch.empty(env3.shape[0], chunk, env3.shape[2])  # one scratch block, reused
+    for a in range(0, env3.shape[1], chunk):
+        m = base[:, a:a + chunk]
+        t = torch.sub(env3[:, a:a + chunk], m.unsqueeze(2), out=tmp[:, :m.shape[1]]).exp_()
+        torch.sum(t, 2, out=out[:, a:a + chunk])
+    return mx, out.log_().add_(base)
+
+
+def _topk_by_block(env3: torch.Tensor, blk_max: torch.Tensor, k: int):
+    """Top-k leaves of every row ([B, k] values and leaf ids): they lie in the k blocks of largest max."""
+    nb, width = env3.shape[1], env3.shape[2]
+    tb = blk_max.topk(min(k, nb), dim=1).indices                                     # [B, k']
+    cand = env3.gather(1, tb.unsqueeze(2).expand(-1, -1, width)).flatten(1)          # [B, k' * width]
+    top = cand.topk(k, dim=1)
+    leaf = tb.gather(1, top.indices // width) * width + top.indices % width
+    return torch.return_types.topk((top.values, leaf))
 
 
 def _scatter_lse(x: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
