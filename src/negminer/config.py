@@ -41,7 +41,7 @@ class TrainConfig:
     refresh_every: int = field(default=0, metadata={"help": "full refresh: re-encode all targets every R steps (0: 1 for exact, 100 otherwise)"})
     nystrom_landmarks: int = field(default=0, metadata={"help": "nystrom: landmarks re-encoded per update (0: 2 x the embedding size)"})
     nystrom_every: int = field(default=50, metadata={"help": "nystrom: steps between updates"})
-    nystrom_ridge: float = field(default=1e-3, metadata={"help": "nystrom: smallest ridge towards the identity (relative); r, 10r, 100r, 1000r are tried on held-out landmarks"})
+    nystrom_ridge: float = field(default=1e-3, metadata={"help": "nystrom: smallest ridge towards the identity (relative); r, 10r, ..., 10^6 r are tried on held-out landmarks"})
     selection: str = field(default="sample", metadata={"help": "exact: sample | topk"})
     ance_top: int = field(default=100, metadata={"help": "ance: draw among the index's top K"})
     cache_size: int = field(default=0, metadata={"help": "cache: targets cached (0: all); cache-stream: queue length"})

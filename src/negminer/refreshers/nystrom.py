@@ -13,8 +13,8 @@ M - m rows costs O(M d^2), streamed in chunks, no target encodes. Exact when the
 linear and the landmarks span the rows. Moved rows keep their age (they were not re-encoded);
 with ``normalize`` (a tower with unit outputs) they are put back on the sphere.
 
-Every fifth landmark is held out: maps fitted on the other four fifths with ridge r, 10r, 100r and
-1000r are scored on it, the best ridge is kept, and if even it leaves the held-out rows staler than
+Every fifth landmark is held out: maps fitted on the other four fifths with ridge r, 10r, ..., 10^6 r
+are scored on it, the best ridge is kept, and if even it leaves the held-out rows staler than
 they were (a drift the map cannot represent, or too few landmarks for d), no row is moved.
 Logs ``nystrom_before`` / ``nystrom_after`` (held-out staleness ||x - y||^2 / ||y||^2 without and with
 the best map), ``nystrom_ridge`` and ``nystrom_applied``.
@@ -64,7 +64,7 @@ class Nystrom(Refresher):
         if int(held.sum()) and int((~held).sum()):  # the ridge that predicts the held-out fifth best
             before = relative_change(old[held], new[held])
             after, ridge = min((relative_change(self._moved(old[held], fit_map(old[~held], new[~held], r)), new[held]), r)
-                               for r in (self.ridge * 10 ** i for i in range(4)))
+                               for r in (self.ridge * 10 ** i for i in range(7)))
             self.stats = {"nystrom_before": before, "nystrom_after": after, "nystrom_ridge": ridge,
                           "nystrom_applied": float(after < before)}
             if after >= before:  # the map would make held-out rows staler: leave the other rows where they are
