@@ -42,6 +42,16 @@ class TrainConfig:
     nystrom_landmarks: int = field(default=0, metadata={"help": "nystrom: landmarks re-encoded per update (0: 2 x the embedding size)"})
     nystrom_every: int = field(default=50, metadata={"help": "nystrom: steps between updates"})
     nystrom_ridge: float = field(default=1e-3, metadata={"help": "nystrom: smallest ridge towards the identity (relative); r, 10r, ..., 10^6 r are tried on held-out landmarks"})
+    corrector: bool = field(default=False, metadata={"help": "corrector network (Monath et al., ICML 2024): a small "
+                            "MLP trained online moves stale cached embeddings towards the current tower's"})
+    corrector_apply: str = field(default="all", metadata={"help": "corrector: all (every row rewritten every T "
+                                 "steps) | scored (only the rows a sampler scores, on the fly)"})
+    corrector_every: int = field(default=10, metadata={"help": "corrector (apply all): steps between rewrites"})
+    corrector_width: int = field(default=0, metadata={"help": "corrector: hidden width (0: 2 x the embedding size)"})
+    corrector_depth: int = field(default=2, metadata={"help": "corrector: layers of the residual MLP"})
+    corrector_lr: float = field(default=1e-3, metadata={"help": "corrector: Adam learning rate"})
+    corrector_warmup: int = field(default=20, metadata={"help": "corrector: steps before its outputs are used"})
+    corrector_age: bool = field(default=True, metadata={"help": "corrector: the row's age is an input"})
     selection: str = field(default="sample", metadata={"help": "exact: sample | topk"})
     ance_top: int = field(default=100, metadata={"help": "ance: draw among the index's top K"})
     cache_size: int = field(default=0, metadata={"help": "cache: targets cached (0: all); cache-stream: queue length"})
@@ -215,6 +225,9 @@ def _validate(cfg: TrainConfig) -> None:
          "tree_beam must be >= 0, tree_leaf_size >= 1, tree_branching >= 2"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
+    checks.append((cfg.corrector_apply in ("all", "scored") and cfg.corrector_every >= 1 and cfg.corrector_depth >= 1
+                   and cfg.corrector_width >= 0 and cfg.corrector_warmup >= 0 and cfg.corrector_lr > 0,
+                   "corrector_apply is all or scored; corrector_every, corrector_depth >= 1; width, warmup >= 0"))
     checks.append((cfg.nystrom_landmarks >= 0 and cfg.nystrom_every >= 1 and cfg.nystrom_ridge >= 0,
                    "nystrom_landmarks and nystrom_ridge must be >= 0, nystrom_every >= 1"))
     for ok, msg in checks:

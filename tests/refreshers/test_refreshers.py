@@ -21,6 +21,8 @@ from negminer.samplers import AnceSampler
     ({"negatives": "cache", "refresh": "auto,nystrom"}, ["write-back", "nystrom"]),
     ({"negatives": "exact", "refresh": "nystrom,write-back"}, ["write-back", "nystrom"]),
     ({"negatives": "ance", "refresh": "fraction", "refresh_fraction": 0.1}, ["fraction"]),
+    ({"negatives": "cache", "corrector": True}, ["write-back", "corrector"]),
+    ({"negatives": "exact", "refresh": "corrector,full"}, ["full", "corrector"]),
 ])
 def test_refresh_names(opts, names):
     assert refresh_names(resolve(opts)) == names
@@ -33,6 +35,10 @@ def test_refresh_names(opts, names):
     ({"negatives": "cache", "refresh": "fraction"}, "--refresh-fraction > 0"),
     ({"negatives": "cache", "refresh": "write-back", "write_back": "none"}, "--write-back none"),
     ({"negatives": "cache", "refresh": "nystrom", "nystrom_every": 0}, "nystrom_every"),
+    ({"negatives": "uniform", "corrector": True}, "reads no store"),
+    ({"negatives": "tree", "corrector": True, "corrector_apply": "scored"}, "bounds hold for the stored rows"),
+    ({"negatives": "cache", "refresh": "auto,nystrom", "corrector": True, "corrector_apply": "scored"}, "move corrected rows"),
+    ({"negatives": "cache", "corrector": True, "corrector_apply": "sometimes"}, "corrector_apply"),
 ])
 def test_bad_refresh_options_are_refused(opts, why):
     with pytest.raises(ConfigError, match=why):

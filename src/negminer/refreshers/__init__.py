@@ -10,15 +10,17 @@ prefiltered cache, tree, exact, ance) works with any of them; cache-stream's que
 | fraction | ceil(f M) rows per step, oldest or random | - | --refresh-fraction, --refresh-order |
 | full | all M rows every R steps | - | --refresh-every |
 | nystrom | m landmarks every T steps | every other row by a fitted linear map | --nystrom-landmarks, --nystrom-every |
+| corrector | - | every row every T steps (or the rows scored, on the fly) by an MLP trained on the encodes | --corrector, --corrector-apply, --corrector-every |
 """
 
 from negminer.refreshers.base import Fresh, Refresher, relative_change
+from negminer.refreshers.corrector import Corrector, CorrectorNet
 from negminer.refreshers.fraction import Fraction
 from negminer.refreshers.full import Full
 from negminer.refreshers.nystrom import Nystrom, fit_map
 from negminer.refreshers.write_back import WriteBack, first_occurrence
 
-NAMES = ("write-back", "fraction", "full", "nystrom")
+NAMES = ("write-back", "fraction", "full", "nystrom", "corrector")
 STORE_SAMPLERS = ("cache", "cache-stream", "exact", "ance", "tree")
 
 
@@ -35,6 +37,8 @@ def auto_names(cfg) -> list[str]:
 def refresh_names(cfg) -> list[str]:
     """The refreshers ``cfg.refresh`` asks for, write-back first, each once; raises ValueError with the reason."""
     asked = [n.strip() for n in str(cfg.refresh).split(",") if n.strip()]
+    if getattr(cfg, "corrector", False) and "corrector" not in asked:
+        asked.append("corrector")
     names: list[str] = []
     for n in asked:
         if n not in NAMES + ("auto",):
@@ -52,7 +56,15 @@ def refresh_names(cfg) -> list[str]:
         raise ValueError("--refresh write-back with --write-back none")
     if "fraction" in names and cfg.refresh_fraction <= 0:
         raise ValueError("--refresh fraction needs --refresh-fraction > 0")
-    return sorted(names, key=lambda n: n != "write-back")
+    if "corrector" in names and cfg.corrector_apply == "scored":
+        if cfg.negatives == "tree":
+            raise ValueError("--corrector-apply scored: the tree's bounds hold for the stored rows; use --corrector-apply all")
+        if cfg.negatives == "ance":
+            raise ValueError("--corrector-apply scored: ance draws from an index snapshot, not from reads of the store; "
+                             "use --corrector-apply all")
+        if "nystrom" in names:
+            raise ValueError("--corrector-apply scored with nystrom: the map would move corrected rows; use --corrector-apply all")
+    return sorted(names, key=lambda n: (n != "write-back", n == "corrector"))  # write-back first, corrector last
 
 
 def build_refreshers(cfg, dim: int, dropout: bool = False) -> list[Refresher]:
@@ -65,11 +77,15 @@ def build_refreshers(cfg, dim: int, dropout: bool = False) -> list[Refresher]:
             out.append(Fraction(cfg.refresh_fraction, cfg.refresh_order))
         elif n == "full":
             out.append(Full(cfg.refresh_period()))
+        elif n == "corrector":
+            out.append(Corrector(dim, cfg.corrector_apply, cfg.corrector_every, cfg.corrector_width, cfg.corrector_depth,
+                                 cfg.corrector_lr, cfg.corrector_warmup, cfg.corrector_age, normalize=cfg.normalize,
+                                 seed=cfg.seed))
         else:
             out.append(Nystrom(cfg.nystrom_landmarks or 2 * dim, cfg.nystrom_every, cfg.nystrom_ridge,
                                normalize=cfg.normalize))
     return out
 
 
-__all__ = ["NAMES", "Fresh", "Refresher", "WriteBack", "Fraction", "Full", "Nystrom", "auto_names", "build_refreshers",
+__all__ = ["NAMES", "Corrector", "CorrectorNet", "Fresh", "Refresher", "WriteBack", "Fraction", "Full", "Nystrom", "auto_names", "build_refreshers",
            "refresh_names", "fit_map", "first_occurrence", "relative_change"]

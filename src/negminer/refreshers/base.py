@@ -41,6 +41,13 @@ class Refresher:
     def after_step(self, fresh: Fresh) -> None:
         raise NotImplementedError
 
+    def state(self) -> tuple[dict, dict]:
+        """(tensors, JSON meta) a checkpoint keeps (tensor names prefixed with the refresher's name)."""
+        return {}, {}
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        pass
+
 
 def relative_change(stale: torch.Tensor, fresh: torch.Tensor) -> float:
     """Mean over rows of ||stale - fresh||^2 / ||fresh||^2 (the store's staleness)."""

@@ -8,6 +8,8 @@ dtype where the hardware multiplies it natively (CPU: bf16 and fp32; fp16 chunks
 fp32), into reused buffers, on the scoring device; a CPU or memory-mapped store feeding a GPU goes
 through pinned staging buffers. Whoever indexes the store (the oldest-first refresh queue, ANCE's
 index) subscribes to ``listeners`` and learns which rows changed (and whether they were re-encoded).
+``view`` (None, or ``f(emb, rows)``) transforms every read of the embeddings (scoring, gathers): the
+corrector network's on-the-fly mode.
 
 Re-encoding rows (``encode``) runs the target tower without gradient, in eval mode (the store holds
 eval-mode embeddings), under the trainer's autocast, writes rows and ages and counts
@@ -54,6 +56,7 @@ class TargetStore:
         self.target_encodes = 0
         self.listeners: list = []     # callables (rows [m] long CPU tensor, step) after every write
         self.feed_device = None       # set to a GPU when a CPU store is scored there (pinned staging)
+        self.view = None              # f(emb, rows) applied to every read (the corrector's scored mode)
         self._tokens = None           # (key, flat ids, offsets), built on first use for a target tower
         self._buf: dict = {}
 
@@ -135,6 +138,8 @@ class TargetStore:
             src = host.to(dev, non_blocking=True)
         if src.dtype != self.compute_dtype:
             src = src.to(self.compute_dtype)
+        if self.view is not None:
+            src = self.view(src, torch.arange(lo, hi) if rows is None else rows[lo:hi].cpu())
         return src
 
     def chunk_size(self) -> int:
@@ -162,6 +167,8 @@ class TargetStore:
         qc = q.detach().to(dev, self.compute_dtype)
         flat = rows.reshape(-1).to(self.emb.device)
         e = self.emb[flat].to(dev, self.compute_dtype)
+        if self.view is not None:
+            e = self.view(e, flat.cpu())
         if rows.dim() == 1:
             return (qc @ e.T).float()
         e = e.view(*rows.shape, self.dim)
@@ -171,7 +178,10 @@ class TargetStore:
     def embeddings(self, rows=None) -> torch.Tensor:
         """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only)."""
         e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long).to(self.emb.device)]
-        return e.float().cpu()
+        e = e.float().cpu()
+        if self.view is not None:
+            e = self.view(e, torch.arange(self.n) if rows is None else torch.as_tensor(rows, dtype=torch.long).cpu())
+        return e
 
     # ---- writing --------------------------------------------------------------------------
     def write(self, rows, emb: torch.Tensor, step: int | None) -> None:

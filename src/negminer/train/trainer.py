@@ -369,6 +369,9 @@ class Trainer:
 
     def save(self) -> None:
         tensors, meta = self.sampler.state()
+        for r in self.refreshers:
+            t, m = r.state()
+            tensors, meta = {**tensors, **t}, {**meta, **({f"refresher.{r.name}": m} if m else {})}
         save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
                         sampler_meta=meta)
         self.last_checkpoint_step = self.step
@@ -386,6 +389,9 @@ class Trainer:
                 self.store = self._make_store(resume=True)
             self.store.load(ckpt, st.get("store_encodes", 0))
         self.sampler.load_state(extra, st.get("sampler", {}))
+        for r in self.refreshers:
+            if f"refresher.{r.name}" in st.get("sampler", {}):
+                r.load_state(extra, st["sampler"][f"refresher.{r.name}"])
         self.counters = Counters(**st["counters"])
         self.scheduler.last_epoch = st["scheduler_last_epoch"]
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
