@@ -54,6 +54,9 @@ def methods(p) -> list[tuple[str, dict]]:
                             "nystrom_every": p["nystrom_every"]}),
         ("cache + nystrom", {"negatives": "cache", "num_negatives": k, "refresh": "auto,nystrom",
                              "nystrom_every": p["nystrom_every"]}),
+        # the corrector network (ICML 2024) rewriting every cached row from its last encoding
+        ("cache + corrector", {"negatives": "cache", "num_negatives": k, "corrector": True,
+                               "corrector_every": max(1, p["nystrom_every"] // 2)}),
     ]
     if not p.get("regimes", True):
         return base
