@@ -36,7 +36,7 @@ class TrainConfig:
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
     refresh: str = field(default="auto", metadata={"help": "refreshers after each step, comma-separated: write-back, "
-                         "fraction, full, nystrom; auto: the sampler's (cache, tree: write-back, + fraction with "
+                         "fraction, full, nystrom, corrector, none; auto: the sampler's (cache, tree: write-back, + fraction with "
                          "--refresh-fraction; cache-stream: write-back; exact, ance: full)"})
     refresh_every: int = field(default=0, metadata={"help": "full refresh: re-encode all targets every R steps (0: 1 for exact, 100 otherwise)"})
     nystrom_landmarks: int = field(default=0, metadata={"help": "nystrom: landmarks re-encoded per update (0: 2 x the embedding size)"})

@@ -19,7 +19,7 @@ def drifted(kind: str, x: torch.Tensor) -> torch.Tensor:
     return x + 0.4 * torch.tanh(x @ b)
 
 
-def run(kind: str, steps: int = 300, apply: str = "all", per_step: int = 24, seed: int = 0):
+def run(kind: str, steps: int = 300, apply: str = "all", per_step: int = 24, seed: int = 0, write: bool = True):
     """Raw store X (the tower as it was); the tower now gives Y = drift(X); the first steps re-encode
     ``per_step`` rows of the first half each (as write-back would: pairs (X, Y) for h), then none; the
     second half is never re-encoded."""
@@ -33,7 +33,7 @@ def run(kind: str, steps: int = 300, apply: str = "all", per_step: int = 24, see
     seen = torch.zeros(N, dtype=torch.bool)
     for step in range(steps):
         rows = order[step * per_step:(step + 1) * per_step]
-        if len(rows):
+        if len(rows) and write:  # else the pairs come from the training forward alone (no write-back)
             store.write(rows, Y[rows], step + 1)
         seen[rows] = True
         c.after_step(Fresh(step, rows, Y[rows]))
@@ -55,6 +55,13 @@ def test_corrected_rows_approach_the_fresh_ones_and_the_softmax_follows(kind):
     assert tv_corr < 0.5 * tv_stale
     last = [h for h in c.history if "corrector_after" in h][-1]  # the last pairs, scored before h trained on them
     assert last["corrector_after"] < 0.9 * last["corrector_before"]  # after 12 updates: already better
+
+
+def test_without_any_store_write_it_learns_from_the_training_forward():
+    X, Y, store, c, never = run("linear", write=False)
+    assert store.target_encodes == 0 and torch.equal(c.raw, X)  # never re-encoded after the fill
+    rows = never.nonzero().squeeze(1)
+    assert relative_change(store.embeddings(rows), Y[rows]) < 0.15 * relative_change(X[rows], Y[rows])
 
 
 def test_scored_mode_corrects_reads_and_keeps_the_raw_rows():

@@ -20,10 +20,13 @@ REFRESHERS = {"write-back": {"refresh": "write-back"},
               "nystrom": {"refresh": "nystrom", "nystrom_landmarks": 24, "nystrom_every": 2},
               "corrector": {"refresh": "write-back", "corrector": True, "corrector_warmup": 2, "corrector_every": 2},
               "corrector scored": {"refresh": "write-back", "corrector": True, "corrector_apply": "scored",
-                                   "corrector_warmup": 2}}
+                                   "corrector_warmup": 2},
+              "corrector alone": {"refresh": "none", "corrector": True, "corrector_warmup": 2, "corrector_every": 2}}
 # target encodes by the refresher over 6 steps on the 160-target tiny set (fill of 160 not included)
-EXPECTED = {"write-back": 0, "fraction": 6 * 8, "full": 2 * 160, "nystrom": 3 * 24, "corrector": 0, "corrector scored": 0}
-NAMES = {"corrector": ["write-back", "corrector"], "corrector scored": ["write-back", "corrector"]}
+EXPECTED = {"write-back": 0, "fraction": 6 * 8, "full": 2 * 160, "nystrom": 3 * 24, "corrector": 0, "corrector scored": 0,
+            "corrector alone": 0}
+NAMES = {"corrector": ["write-back", "corrector"], "corrector scored": ["write-back", "corrector"],
+         "corrector alone": ["corrector"]}
 
 
 class Crash(Exception):

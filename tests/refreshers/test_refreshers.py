@@ -22,6 +22,8 @@ from negminer.samplers import AnceSampler
     ({"negatives": "exact", "refresh": "nystrom,write-back"}, ["write-back", "nystrom"]),
     ({"negatives": "ance", "refresh": "fraction", "refresh_fraction": 0.1}, ["fraction"]),
     ({"negatives": "cache", "corrector": True}, ["write-back", "corrector"]),
+    ({"negatives": "cache", "refresh": "none", "corrector": True}, ["corrector"]),
+    ({"negatives": "cache", "refresh": "none"}, []),
     ({"negatives": "exact", "refresh": "corrector,full"}, ["full", "corrector"]),
 ])
 def test_refresh_names(opts, names):

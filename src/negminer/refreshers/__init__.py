@@ -36,7 +36,7 @@ def auto_names(cfg) -> list[str]:
 
 def refresh_names(cfg) -> list[str]:
     """The refreshers ``cfg.refresh`` asks for, write-back first, each once; raises ValueError with the reason."""
-    asked = [n.strip() for n in str(cfg.refresh).split(",") if n.strip()]
+    asked = [n.strip() for n in str(cfg.refresh).split(",") if n.strip() and n.strip() != "none"]
     if getattr(cfg, "corrector", False) and "corrector" not in asked:
         asked.append("corrector")
     names: list[str] = []

@@ -8,8 +8,8 @@ g'(y) a row got when it was last encoded (its raw embedding) towards g(y), the c
     L_h     = mean over pairs of ||h(g'(y), a) - stopgrad(g(y))||^2 / ||g(y)||^2
 
 with a the raw embedding's age in steps (``age=False``: not an input). h trains online, with its own
-Adam, on pairs the run makes anyway: every time a row is encoded (positives and drawn negatives
-written back, refreshed rows, landmarks) its previous raw embedding and the new one form a pair
+Adam, on pairs the run makes anyway: every time a row is encoded (the training forward of positives
+and drawn negatives, refreshed rows, landmarks) its last raw embedding and the new one form a pair
 (a ring buffer of the most recent ``buffer`` pairs, one minibatch of ``batch`` per step). Scores are
 <f(x), h(g'(y))>; h's outputs are used once ``warmup`` steps have passed and while h beats the
 identity on the newest pairs, scored before it trains on them (``corrector_ratio``, a moving average of
@@ -80,6 +80,7 @@ class Corrector(Refresher):
         self.filled, self.head, self.updates, self.ratio = 0, 0, 0, float("inf")
         self.raw: torch.Tensor | None = None
         self._new: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._captured: list[torch.Tensor] = []
         self._watched = None
 
     # ---- binding --------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class Corrector(Refresher):
             return
         new = self.store.emb[rows.to(self.store.emb.device)].float().cpu()
         self._new.append((self.raw[rows].float(), new, (step - self.raw_step[rows]).float()))
+        self._captured.append(rows)
         self.raw[rows] = new.to(self.raw.dtype)
         self.raw_step[rows] = step
 
@@ -127,9 +129,10 @@ class Corrector(Refresher):
         step = f.step + 1
         self._step = step
         self.stats = {}
+        self._from_forward(f)
         if self._new:
             x, y, a = (torch.cat(t) for t in zip(*self._new))
-            self._new = []
+            self._new, self._captured = [], []
             with torch.no_grad():
                 self.stats = {"corrector_before": relative_change(x, y),
                               "corrector_after": relative_change(self.correct(x, a), y)}
@@ -142,6 +145,21 @@ class Corrector(Refresher):
             self.stats["corrector_loss"] = self._train(step)
         if self.apply_mode == "all" and step % self.every == 0 and self.active(step):
             self._apply_all(step)
+
+    def _from_forward(self, f: Fresh) -> None:
+        """Pairs from the training forward (positives, drawn rows) for rows no store write paired this step
+        (without write-back, the only pairs there are: the store is never re-encoded after the fill)."""
+        rows, emb = f.pos_rows.cpu(), f.pos_emb
+        if f.drawn is not None and f.drawn_emb is not None:
+            rows, emb = torch.cat([f.drawn.cpu(), rows]), torch.cat([f.drawn_emb, f.pos_emb.to(f.drawn_emb.device)])
+        done = torch.cat(self._captured) if self._captured else torch.zeros(0, dtype=torch.long)
+        self._captured = []
+        rows, first = torch.unique(rows, return_inverse=True)
+        pick = torch.zeros(len(rows), dtype=torch.long).scatter_reduce_(0, first, torch.arange(len(first)), "amax")
+        keep = ~torch.isin(rows, done) & (self.store.age[rows] >= 0)
+        if bool(keep.any()):
+            r, y = rows[keep], emb[pick[keep].to(emb.device)].detach().float().cpu()
+            self._new.append((self.raw[r].float(), y, (f.step + 1 - self.raw_step[r]).float()))
 
     def _remember(self, x, y, a) -> None:
         x, y, a = x[-self.cap:], y[-self.cap:], a[-self.cap:]
@@ -193,7 +211,7 @@ class Corrector(Refresher):
         self.pairs_x, self.pairs_y, self.pairs_a = (t[f"corrector.{k}"].clone() for k in ("pairs_x", "pairs_y", "pairs_a"))
         self.filled, self.head, self.updates, self._step = meta["filled"], meta["head"], meta["updates"], meta["step"]
         self.ratio = float("inf") if meta.get("ratio") is None else meta["ratio"]
-        self._new = []
+        self._new, self._captured = [], []
 
 
 __all__ = ["Corrector", "CorrectorNet"]
