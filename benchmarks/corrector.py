@@ -44,13 +44,13 @@ BASE = dict(encoder="minilm", batch_size=16, lr=5e-5, num_negatives=4, query_max
 def configs(args) -> list[tuple[str, dict, bool]]:
     """(method, options, measure staleness)."""
     cor = {"corrector": True, "corrector_every": args.every, "corrector_warmup": args.warmup}
-    rows = [(f"ance R={r}", {"negatives": "ance", "refresh_every": r}, False) for r in args.ance]
-    rows += [("cache (write-back)", {"negatives": "cache", "refresh": "write-back"}, False),
+    ance = [(f"ance R={r}", {"negatives": "ance", "refresh_every": r}, False) for r in args.ance]
+    rows = [("cache (write-back)", {"negatives": "cache", "refresh": "write-back"}, False),
              ("cache (no refresh)", {"negatives": "cache", "refresh": "none"}, True),
              ("cache + corrector (no refresh)", {"negatives": "cache", "refresh": "none", **cor}, True),
              (f"cache + corrector, full R={args.rare}", {"negatives": "cache", "refresh": "full",
                                                           "refresh_every": args.rare, **cor}, False)]
-    return rows
+    return rows + ance
 
 
 def run(ds, name, opts, measure, args, tmp) -> dict:
