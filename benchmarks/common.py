@@ -96,3 +96,30 @@ def write_result(name: str, payload: dict) -> Path:
 
     atomic_write_json(out, payload)
     return out
+
+
+def shared_dataset(name: str):
+    """The dataset ../shared/data/<name>, or None after printing why it is skipped (folder absent)."""
+    data = SHARED_DATA / name
+    if not data.exists():
+        print(f"skipped: {data} not found (the shared/ folder beside the repo)")
+        return None
+    from negminer.data import load_dataset
+
+    return load_dataset(data)
+
+
+def merge_rerun(rows: list[dict], name: str) -> list[dict]:
+    """After an ``--only`` rerun: the last run's rows of results/<name>.json in its order, the rerun ones
+    replaced (by ``method``), new ones appended."""
+    jf = RESULTS / f"{name}.json"
+    if not jf.exists():
+        return rows
+    new = {r["method"]: r for r in rows}
+    return [new.pop(r["method"], r) for r in json.loads(jf.read_text())["rows"]] + list(new.values())
+
+
+def diagnostics_curve(log: list[dict], keys=("store_staleness", "stale_logit", "tv")) -> list[dict]:
+    """The DiagnosticsHook measurements of a train log: [{"step", key: value}] rounded to 5 places."""
+    return [{"step": r["step"], **{k: round(v, 5) for k, v in r["diagnostics"].items() if k in keys}}
+            for r in log if "diagnostics" in r]

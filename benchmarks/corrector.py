@@ -36,7 +36,8 @@ from pathlib import Path
 from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
+from common import (RESULTS, diagnostics_curve, merge_rerun, peak_rss_mb, provenance, reset_peak_rss,  # noqa: E402
+                    shared_dataset, write_result)
 
 BASE = dict(encoder="minilm", batch_size=16, lr=5e-5, num_negatives=4, query_max_length=32, target_max_length=48,
             quiet=True, zero_shot=False)
@@ -65,9 +66,7 @@ def run(ds, name, opts, measure, args, tmp) -> dict:
     tr = Trainer(cfg, dataset=ds, hooks=[DiagnosticsHook(at=args.measure)] if measure else [])
     m = tr.run()
     log = [json.loads(x) for x in (tr.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    curve = [{"step": r["step"], **{k: round(v, 5) for k, v in r["diagnostics"].items()
-                                    if k in ("store_staleness", "stale_logit", "tv")}}
-             for r in log if "diagnostics" in r]
+    curve = diagnostics_curve(log)
     drift = [{"step": r["step"], "before": round(r["corrector_before"], 5), "after": round(r["corrector_after"], 5)}
              for r in log if "corrector_before" in r]
     return {"method": name, "options": opts, "steps": args.steps, "target_encodes": m["train"]["target_encodes"],
@@ -145,26 +144,19 @@ def main(argv=None) -> int:
     if args.redraw:
         d = json.loads((RESULTS / "corrector.json").read_text())
         return finish(d["rows"], args.tolerance)
-    data = SHARED_DATA / "scifact"
-    if not data.exists():
-        print(f"skipped: {data} not found (the shared/ folder beside the repo)")
+    ds = shared_dataset("scifact")
+    if ds is None:
         return 0
-    from negminer.data import load_dataset
-
-    ds = load_dataset(data)
     prov = provenance()
-    cmd = " ".join(["python benchmarks/corrector.py", *(argv if argv is not None else sys.argv[1:])])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts, measure in configs(args):
             if args.only and not any(name.startswith(w) for w in args.only):
                 continue
-            rows.append({**run(ds, name, opts, measure, args, tmp), **prov, "command": cmd})
+            rows.append({**run(ds, name, opts, measure, args, tmp), **prov})
             print(table([rows[-1]]).splitlines()[2], flush=True)
-    jf = RESULTS / "corrector.json"
-    if args.only and jf.exists():  # keep the other rows of the last run, in its order
-        new = {r["method"]: r for r in rows}
-        rows = [new.pop(r["method"], r) for r in json.loads(jf.read_text())["rows"]] + list(new.values())
+    if args.only:  # keep the other rows of the last run, in its order
+        rows = merge_rerun(rows, "corrector")
     return finish(rows, args.tolerance)
 
 

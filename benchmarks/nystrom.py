@@ -33,7 +33,8 @@ from pathlib import Path
 from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
+from common import (RESULTS, diagnostics_curve, merge_rerun, peak_rss_mb, provenance, reset_peak_rss,  # noqa: E402
+                    shared_dataset, write_result)
 
 BASE = dict(encoder="minilm", batch_size=16, lr=5e-5, negatives="cache", num_negatives=4, query_max_length=32,
             target_max_length=48, quiet=True, zero_shot=False)
@@ -58,9 +59,7 @@ def run(ds, name, opts, args, tmp) -> dict:
     tr = Trainer(cfg, dataset=ds, hooks=[DiagnosticsHook(at=args.measure)])
     m = tr.run()
     log = [json.loads(x) for x in (tr.run_dir / "train_log.jsonl").read_text().splitlines() if x.strip()]
-    curve = [{"step": r["step"], **{k: round(v, 5) for k, v in r["diagnostics"].items()
-                                    if k in ("store_staleness", "stale_logit", "tv")}}
-             for r in log if "diagnostics" in r]
+    curve = diagnostics_curve(log)
     held = []  # the refresher's held-out landmark staleness, once per update (the log repeats it until the next)
     for r in log:
         if "nystrom_before" in r and (not held or (held[-1]["before"], held[-1]["after"]) !=
@@ -101,13 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="run only the rows whose method starts with one of these words")
     args = ap.parse_args(argv)
     args.measure = args.measure or list(range(args.every // 2, args.steps, args.every))
-    data = SHARED_DATA / "scifact"
-    if not data.exists():
-        print(f"skipped: {data} not found (the shared/ folder beside the repo)")
+    ds = shared_dataset("scifact")
+    if ds is None:
         return 0
-    from negminer.data import load_dataset
-
-    ds = load_dataset(data)
     prov = provenance()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,10 +112,8 @@ def main(argv=None) -> int:
             row = {**run(ds, name, opts, args, tmp), **prov}
             rows.append(row)
             print(table([row]).splitlines()[2], flush=True)
-    jf = RESULTS / "nystrom.json"
-    if args.only and jf.exists():  # keep the other rows of the last full run, in its order
-        new = {r["method"]: r for r in rows}
-        rows = [new.pop(r["method"], r) for r in json.loads(jf.read_text())["rows"]] + list(new.values())
+    if args.only:  # keep the other rows of the last full run, in its order
+        rows = merge_rerun(rows, "nystrom")
     write_result("nystrom", {"rows": rows})
     atomic_write_text(RESULTS / "nystrom.md", table(rows) + "\n")
     print("\n" + table(rows))

@@ -115,7 +115,7 @@ class Corrector(Refresher):
         y = self.net(x.float(), age)
         return nn.functional.normalize(y, dim=1) if self.normalize else y
 
-    def view(self, emb: torch.Tensor, rows: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def view(self, emb: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """What a sampler reads in ``scored`` mode: h of the stored (raw) embeddings of ``rows``."""
         if not self.active(self._step):
             return emb
