@@ -55,7 +55,7 @@ def cmd_eval(args) -> int:
     from negminer.eval.evaluate import eval_command
 
     return eval_command(args.model, args.data, split=args.split, out=args.out, backend=args.backend,
-                        batch_size=args.batch_size, quiet=args.quiet)
+                        batch_size=args.batch_size, quiet=args.quiet, propensity=args.propensity)
 
 
 def cmd_data_check(args) -> int:
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="exact", choices=["exact", "faiss"])
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--propensity", metavar="A,B", help="inverse-propensity A,B for PSP@k on multi-label data "
+                   "(default: the Extreme Classification Repository's value for the dataset name, else 0.55,1.5)")
     e.set_defaults(func=cmd_eval)
     mi = sub.add_parser("mine", help="export hard negatives as JSONL (FlagEmbedding / sentence-transformers)")
     mi.add_argument("--model", required=True, help="model directory or encoder spec (minilm, static, PATH)")

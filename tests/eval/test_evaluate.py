@@ -10,7 +10,7 @@ import torch
 
 from negminer.data.dataset import Dataset
 from negminer.errors import ConfigError
-from negminer.eval.evaluate import eval_command, evaluate
+from negminer.eval.evaluate import XMC_KEYS, eval_command, evaluate
 from negminer.eval.metrics import METRIC_KEYS, compute_metrics
 from negminer.eval.runfile import read_run
 
@@ -57,7 +57,7 @@ def test_evaluate_encodes_the_right_texts_and_ranks_exactly(tmp_path):
     m = evaluate(model, ds, split="test", k=10, batch_size=4, out_dir=tmp_path / "ev")
     assert model.calls[0] == ds.target_inputs() and model.calls[0][1] == "title1 w1 w2 w3 w4"
     assert model.calls[1] == ["w0 w1 w2", "w3 w4 w5", "w12 w13 w14", "w21 w22 w23"]  # queries with a positive
-    assert list(m) == list(METRIC_KEYS) and m["num_queries"] == 4
+    assert list(m) == list(METRIC_KEYS) + list(XMC_KEYS) and m["num_queries"] == 4  # q0, q4: multi-label
     assert m.stats["queries_encoded"] == 4 and m.stats["targets_encoded"] == 30
     # run.trec holds the brute-force ranking; metrics.json holds exactly the eight metrics
     run = read_run(tmp_path / "ev" / "run.trec")
@@ -68,8 +68,8 @@ def test_evaluate_encodes_the_right_texts_and_ranks_exactly(tmp_path):
         assert len(got) == 10
         assert torch.allclose(scores[n, got], scores[n].topk(10).values)
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert list(saved) == list(METRIC_KEYS) and saved == dict(m)
-    assert m == pytest.approx(compute_metrics(run, ds.qrels["test"]))
+    assert list(saved) == list(METRIC_KEYS) + list(XMC_KEYS) and saved == dict(m)
+    assert {k: m[k] for k in METRIC_KEYS} == pytest.approx(compute_metrics(run, ds.qrels["test"]))
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["metrics.json", "per_query.jsonl", "run.trec"]
 
 

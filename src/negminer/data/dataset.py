@@ -11,6 +11,10 @@ class Dataset:
 
     ``qrels[split][query_id][target_id] = grade``; a grade <= 0 means judged not relevant.
     ``hard_negatives[query_id]`` holds negatives given by the data (JSONL pairs), if any.
+    ``filter_pairs[split]`` holds ``(query_id, target_id)`` pairs that evaluation removes from both the
+    ranking and the truth (the Extreme Classification Repository's ``filter_labels_*.txt``); ``xmc`` is
+    True for data read from one of that repository's layouts. ``is_multilabel()`` says whether the
+    multi-label (XMC) metrics apply.
     """
 
     name: str
@@ -22,6 +26,8 @@ class Dataset:
     qrels: dict[str, dict[str, dict[str, int]]]
     hard_negatives: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    filter_pairs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    xmc: bool = False
 
     def __post_init__(self):
         lazy = getattr(self.target_ids, "index_map", None)  # synthetic ids: no dict of N entries
@@ -31,6 +37,11 @@ class Dataset:
     @property
     def num_targets(self) -> int:
         return len(self.target_ids)
+
+    def is_multilabel(self) -> bool:
+        """True for XMC data, or when some query of some split has more than one positive."""
+        return self.xmc or any(sum(g > 0 for g in judged.values()) > 1
+                               for split in self.qrels.values() for judged in split.values())
 
     @property
     def splits(self) -> list[str]:

@@ -24,13 +24,18 @@ def load_dataset(spec: str | Path) -> Dataset:
     from negminer.data.beir import is_beir, load_beir
     from negminer.data.msmarco import is_msmarco, load_msmarco
     from negminer.data.pairs import load_pairs, pair_files
+    from negminer.data.xmc import is_xmc, load_xmc
 
     if is_beir(p) or (p / "corpus.jsonl").is_file() or (p / "corpus.jsonl.gz").is_file():
         return load_beir(p)  # names any missing BEIR file
     if is_msmarco(p):
         return load_msmarco(p)
+    if is_xmc(p):
+        return load_xmc(p)
     if (p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz"))) or (p.is_dir() and pair_files(p)):
         return load_pairs(p)
     raise DataError(p, "unknown dataset layout: looked for BEIR (corpus.jsonl + queries.jsonl + qrels/), "
-                       "MS MARCO TSV (collection.tsv + queries.<split>.tsv + qrels.<split>.tsv) and JSONL pairs "
-                       "(a .jsonl file, a folder with train.jsonl/dev.jsonl/test.jsonl or a single .jsonl)")
+                       "MS MARCO TSV (collection.tsv + queries.<split>.tsv + qrels.<split>.tsv), JSONL pairs "
+                       "(a .jsonl file, a folder with train.jsonl/dev.jsonl/test.jsonl or a single .jsonl) and the "
+                       "Extreme Classification Repository's (lbl.json.gz + trn.json.gz, trn_X_Y.txt + raw/trn_X.txt "
+                       "or trn_X_Xf.txt, train.txt)")

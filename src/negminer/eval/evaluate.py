@@ -6,6 +6,15 @@ the score is the dot product. Only queries of the split with at least one positi
 
     m = evaluate(model, dataset, split="test", out_dir="runs/x/eval")   # run.trec, per_query.jsonl, metrics.json
     m["ndcg@10"], m.stats["seconds_encode_targets"]
+
+Multi-label data (``dataset.is_multilabel()``: an Extreme Classification Repository layout, or a query with
+several positives) also gets the XMC metrics of ``eval/xmc.py`` under ``XMC_KEYS`` ("xmc_p@1" ...
+"xmc_psp@5", "xmc_queries"; the prefix keeps them apart from the ``p@1`` / ``p@5`` above), as the
+repository (http://manikvarma.org/downloads/XC/XMLRepository.html) computes them: predictions are the top
+k best first, the split's ``filter_pairs`` are removed from predictions and truth, and the means run over
+every query of ``qrels[split]``, so a query left without positives (by the filter or the data) counts and
+scores 0. Inverse propensities come from the positives of the ``train`` split (of the evaluated split
+when there is none) with A, B from ``PROPENSITY`` by dataset name (0.55, 1.5 otherwise), or ``propensity``.
 """
 
 from __future__ import annotations
@@ -19,10 +28,21 @@ import torch
 from negminer.errors import ConfigError
 from negminer.eval.metrics import METRIC_KEYS, compute_metrics, trec_order
 from negminer.eval.search import topk
+from negminer.eval.xmc import inverse_propensity, xmc_metrics
+
+XMC_KEYS = ("xmc_p@1", "xmc_p@3", "xmc_p@5", "xmc_ndcg@1", "xmc_ndcg@3", "xmc_ndcg@5",
+            "xmc_psp@1", "xmc_psp@3", "xmc_psp@5", "xmc_queries")
+PROPENSITY = {  # (A, B) of Jain et al.'s inverse propensities by dataset name (case-insensitive)
+    **dict.fromkeys(("amazon-670k", "amazon-3m", "amazontitles-3m", "lf-amazontitles-1.3m"), (0.6, 2.6)),
+    **dict.fromkeys(("wikilshtc-325k", "wikipedia-500k", "wikipedialarge-500k", "lf-wikipedia-500k", "wikiseealso",
+                     "lf-wikiseealso-320k", "lf-wikiseealsotitles-320k", "wikiseealsotitles-350k"), (0.5, 0.4)),
+}
+DEFAULT_PROPENSITY = (0.55, 1.5)
 
 
 class EvalMetrics(dict):
-    """The metrics dict (keys exactly METRIC_KEYS; this is what metrics.json holds).
+    """The metrics dict (keys exactly METRIC_KEYS, then XMC_KEYS for multi-label data; this is what
+    metrics.json holds).
 
     ``.stats`` carries the work done, outside the dict: queries/targets encoded and seconds spent
     encoding, searching and scoring.
@@ -56,9 +76,40 @@ def retrieve(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     return run
 
 
+def propensity_for(name: str) -> tuple[float, float]:
+    """(A, B) for a dataset name: the repository's values for its datasets, else (0.55, 1.5)."""
+    return PROPENSITY.get(name.strip().lower(), DEFAULT_PROPENSITY)
+
+
+def parse_propensity(text: str) -> tuple[float, float]:
+    """``"A,B"`` (the ``--propensity`` flag) -> (A, B)."""
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--propensity expects A,B (two numbers, e.g. 0.55,1.5), got {text!r}") from None
+    if not (a > 0 and b >= 0):
+        raise ConfigError(f"--propensity expects A > 0 and B >= 0, got {text!r}")
+    return a, b
+
+
+def xmc_scores(run: dict, dataset, split: str, propensity: tuple[float, float] | None = None) -> dict:
+    """XMC_KEYS for ``run`` (``retrieve``'s output), filter pairs removed; see the module docstring."""
+    a, b = propensity or propensity_for(dataset.name)
+    drop, rows = dataset.filter_pairs.get(split, set()), dataset.target_index
+    pred, true = [], []
+    for qid, judged in dataset.qrels[split].items():
+        true.append([rows[t] for t, g in judged.items() if g > 0 and (qid, t) not in drop])
+        pred.append([rows[t] for t, _ in run.get(qid, []) if (qid, t) not in drop])
+    train = dataset.qrels.get("train") or dataset.qrels[split]
+    inv_ps = inverse_propensity([[rows[t] for t, g in judged.items() if g > 0] for judged in train.values()],
+                                dataset.num_targets, a, b)
+    out = {f"xmc_{name}": v for name, v in xmc_metrics(pred, true, inv_ps, (1, 3, 5)).items()}
+    return {**{key: out[key] for key in XMC_KEYS[:-1]}, "xmc_queries": len(true)}
+
+
 def evaluate(model, dataset, split: str = "test", k: int = 100, batch_size: int = 128, backend: str = "exact",
-             progress: bool = False, out_dir=None) -> EvalMetrics:
-    """Metrics dict with exactly METRIC_KEYS (work counters in ``.stats``).
+             progress: bool = False, out_dir=None, propensity: tuple[float, float] | None = None) -> EvalMetrics:
+    """Metrics dict with exactly METRIC_KEYS, plus XMC_KEYS for multi-label data (work counters in ``.stats``).
 
     With ``out_dir``, also writes ``run.trec`` (top k per query) and ``metrics.json``, atomically.
     """
@@ -67,6 +118,9 @@ def evaluate(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     run = retrieve(model, dataset, split, k, batch_size, backend, progress, stats)
     both = compute_metrics(run, dataset.qrels[split], per_query=True)
     metrics = EvalMetrics(both["mean"])
+    if dataset.is_multilabel():
+        metrics.update(xmc_scores(run, dataset, split, propensity))
+        stats["propensity"] = propensity or propensity_for(dataset.name)
     if out_dir is not None:
         import json
 
@@ -84,31 +138,38 @@ def evaluate(model, dataset, split: str = "test", k: int = 100, batch_size: int 
 
 
 def format_metrics(m: dict) -> str:
-    """Two lines: metric names, then values (4 decimals)."""
-    head = " ".join(f"{k:>11}" for k in METRIC_KEYS)
-    vals = " ".join(f"{m[k]:>11.4f}" if k != "num_queries" else f"{m[k]:>11}" for k in METRIC_KEYS)
-    return head + "\n" + vals
+    """Two lines: metric names, then values (4 decimals); two more for the XMC metrics when present."""
+    out = []
+    for keys in (METRIC_KEYS, XMC_KEYS) if XMC_KEYS[0] in m else (METRIC_KEYS,):
+        out.append(" ".join(f"{k:>11}" for k in keys))
+        out.append(" ".join(f"{m[k]:>11}" if k in ("num_queries", "xmc_queries") else f"{m[k]:>11.4f}" for k in keys))
+    return "\n".join(out)
 
 
-def eval_command(model_dir, data, split="test", out=None, backend="exact", batch_size=128, quiet=False) -> int:
+def eval_command(model_dir, data, split="test", out=None, backend="exact", batch_size=128, quiet=False,
+                 propensity: str | None = None) -> int:
     """``negminer eval``: load a saved model (or a model spec) and a dataset, print the metrics table.
 
     A folder with ``negminer.json`` loads with ``DualEncoder.load``; anything else goes through
-    ``build_encoder`` (a sentence-transformers folder, a Hugging Face name). Returns the exit code.
+    ``build_encoder`` (a sentence-transformers folder, a Hugging Face name). ``propensity``: "A,B" for
+    the PSP@k inverse propensities of multi-label data (default: by dataset name). Returns the exit code.
     """
     from negminer.data.load import load_dataset
     from negminer.encoders import DualEncoder, build_encoder
 
     t = time.perf_counter()
+    ab = parse_propensity(propensity) if propensity is not None else None
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise ConfigError(f"dataset {ds.name!r} has no split {split!r} (has {', '.join(ds.qrels) or 'none'})")
     is_saved = (Path(model_dir) / "negminer.json").is_file()
     model = DualEncoder.load(model_dir) if is_saved else build_encoder(str(model_dir))
-    m = evaluate(model, ds, split=split, batch_size=batch_size, backend=backend, progress=not quiet, out_dir=out)
+    m = evaluate(model, ds, split=split, batch_size=batch_size, backend=backend, progress=not quiet, out_dir=out,
+                 propensity=ab)
     print(format_metrics(m))
     if not quiet:
         print(f"{ds.name} / {split}: {m['num_queries']} queries, {ds.num_targets} targets, "
-              f"{time.perf_counter() - t:.1f}s" + (f"; wrote {out}/run.trec and metrics.json" if out else ""),
+              f"{time.perf_counter() - t:.1f}s" + (f"; wrote {out}/run.trec and metrics.json" if out else "")
+              + ("; PSP@k with A={}, B={}".format(*m.stats["propensity"]) if "propensity" in m.stats else ""),
               file=sys.stderr)
     return 0
