@@ -47,8 +47,22 @@ class RandomBatcher:
             self._perm_epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
-    def log_batch_count(self, rows: torch.Tensor) -> torch.Tensor:
-        """log c_batch of target ``rows`` (any shape; -inf for targets that are nobody's positive)."""
+    def prepare(self, step: int, encode) -> None:
+        """Before each step (clustering batchers build their clusters here)."""
+
+    def record(self, idx, q: torch.Tensor) -> None:
+        """After each forward: the batch's query embeddings (clustering batchers keep them)."""
+
+    def state(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        pass
+
+    def log_batch_count(self, rows: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """log c_batch of target ``rows`` (any shape; -inf for targets that are nobody's positive). The
+        same for every query here (``queries``: the batch's training-query indices, for batchers where
+        it is not, e.g. NGAME's; they return [B, m] for rows [1 or B, m])."""
         b = self.batch_size
         c = math.log((b - 1) / max(1, self.n - 1)) if b > 1 else -math.inf
         return (self.log_w[rows.cpu()] + c).float()

@@ -24,7 +24,8 @@ from negminer.samplers.inbatch import inbatch_mask
 
 def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None,
                 share: bool = False) -> dict:
-    """``log_batch_count(rows)``: log expected count of target rows among a query's in-batch negatives;
+    """``log_batch_count(rows [1 or B, m], queries [B]) -> [B, m]``: log expected count of target rows
+    among each query's in-batch negatives (the batcher's);
     ``share``: every query scores every query's drawn negatives (see ``shared_inputs``)."""
     needs, dev = loss.needs, q.device
     if share and neg is not None and "pool" in needs:
@@ -35,20 +36,47 @@ def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log
     if use_pool:
         kw["pool"] = pos
         kw["pool_mask"] = inbatch_mask(batch.pos_rows, batch.excl).to(dev)
+        if "pool_pos" in needs and batch.positives is not None:
+            kw["pool_pos"] = pool_positives(batch).to(dev)
     if "neg" in needs and neg is not None:
         kw["neg"] = neg
         kw["neg_mask"] = draw.mask.to(dev)
     if corrected:
         neg_lp, pool_lp = draw.log_pi, draw.pool_log_pi
         if use_pool and log_batch_count is not None:
-            neg_lp = torch.logaddexp(neg_lp, log_batch_count(draw.ids))
-            cb = log_batch_count(batch.pos_rows).unsqueeze(0).expand(len(batch.pos_rows), -1)
+            b = len(batch.pos_rows)
+            neg_lp = torch.logaddexp(neg_lp, log_batch_count(draw.ids, batch.queries))
+            cb = log_batch_count(batch.pos_rows.unsqueeze(0), batch.queries).expand(b, -1)
             pool_lp = cb if pool_lp is None else torch.logaddexp(pool_lp, cb)
         kw["neg_log_pi"] = neg_lp.to(dev)
         if use_pool and pool_lp is not None:
             kw["pool_log_pi"] = pool_lp.to(dev)
     if "log_z" in needs:
         kw["log_z"] = None if draw.log_z is None else draw.log_z.to(dev)
+    return kw
+
+
+def pool_positives(batch) -> torch.Tensor:
+    """[B, B] bool: column j (the positive drawn for query j) is another positive of query i, counted once
+    per distinct row and never i's own row (that one is ``pos``)."""
+    pr = batch.pos_rows
+    b = len(pr)
+    hit = batch.positives.contains(pr.unsqueeze(0).expand(b, -1)).cpu() & (pr.unsqueeze(0) != pr.unsqueeze(1))
+    _, inv = pr.unique(return_inverse=True)
+    first = torch.full((int(inv.max()) + 1,), b, dtype=torch.long).scatter_reduce(0, inv, torch.arange(b), "amin")
+    return hit & (first[inv] == torch.arange(b)).unsqueeze(0)
+
+
+def all_inputs(loss, q, scale, batch, emb) -> dict:
+    """Every target as a candidate (``--negatives all``): ``emb`` [N, d] is the shared pool; each query's
+    positives and their duplicates are masked; with ``pool_pos`` every other positive is a term."""
+    dev = q.device
+    kw = {"q": q, "pos": emb[batch.pos_rows.to(emb.device)], "scale": scale, "pool": emb,
+          "pool_mask": batch.excl.dense(None).to(dev)}
+    if "pool_pos" in loss.needs and batch.positives is not None:
+        pp = batch.positives.dense(None)
+        pp[torch.arange(len(pp)), batch.pos_rows.to(pp.device)] = False
+        kw["pool_pos"] = pp.to(dev)
     return kw
 
 
@@ -68,19 +96,20 @@ def shared_inputs(q, pos, scale, batch, draw, neg, inbatch: bool = True, log_bat
     if corrected:
         if draw.cross is None:
             raise ValueError("shared negatives need the sampler's cross inclusion probabilities (Draw.cross)")
-        lp = draw.cross(ids).logsumexp(0)                                   # [B k]
+        lp = draw.cross(ids).logsumexp(0, keepdim=True)                     # [1, B k]
         if inbatch and log_batch_count is not None:
-            lp = torch.logaddexp(lp, log_batch_count(ids))
-        lps.append(lp)
+            lp = torch.logaddexp(lp, log_batch_count(ids.unsqueeze(0), batch.queries))
+        lps.append(lp.expand(b, -1))
     if inbatch:
         pools.insert(0, pos)
         masks.insert(0, inbatch_mask(batch.pos_rows, batch.excl).to(dev))
         if corrected:
-            plp = draw.pool_log_pi.logsumexp(0) if draw.pool_log_pi is not None else torch.full((b,), -math.inf)
+            plp = (draw.pool_log_pi.logsumexp(0, keepdim=True) if draw.pool_log_pi is not None
+                   else torch.full((1, b), -math.inf))
             if log_batch_count is not None:
-                plp = torch.logaddexp(plp, log_batch_count(batch.pos_rows))
-            lps.insert(0, plp)
+                plp = torch.logaddexp(plp, log_batch_count(batch.pos_rows.unsqueeze(0), batch.queries))
+            lps.insert(0, plp.expand(b, -1))
     kw = {"q": q, "pos": pos, "scale": scale, "pool": torch.cat(pools), "pool_mask": torch.cat(masks, 1)}
     if corrected:
-        kw["pool_log_pi"] = torch.cat(lps).to(dev).unsqueeze(0).expand(b, -1)
+        kw["pool_log_pi"] = torch.cat(lps, 1).to(dev)
     return kw
