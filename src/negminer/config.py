@@ -29,7 +29,24 @@ class TrainConfig:
                                   "drawn negatives (B x k for the encoding cost of k), mixture-corrected"})
     mined_file: str = field(default="", metadata={"help": "mined: JSONL of negatives per query (negminer mine; "
                             "default: the data's own negative lists)"})
-    loss: str = field(default="softmax", metadata={"help": "softmax | cache-surrogate"})
+    loss: str = field(default="softmax", metadata={"help": "softmax | cache-surrogate | decoupled (DEXML: other "
+                      "positives leave the denominator) | topk (DEXML soft top-k) | triplet (NGAME margin loss)"})
+    topk_k: int = field(default=5, metadata={"help": "topk loss: the k of the soft top-k"})
+    topk_alpha: float = field(default=1.0, metadata={"help": "topk loss: sharpness of the soft top-k (on scores / tau)"})
+    triplet_margin: float = field(default=0.3, metadata={"help": "triplet loss: margin on raw scores (cosines)"})
+    triplet_hardest: int = field(default=5, metadata={"help": "triplet loss: hardest negatives per query"})
+    batching: str = field(default="random", metadata={"help": "random | ngame (batches of whole clusters of similar "
+                          "queries: hard in-batch negatives)"})
+    ngame_cluster_size: int = field(default=16, metadata={"help": "ngame: queries per cluster (at most; >= half)"})
+    ngame_warmup: int = field(default=0, metadata={"help": "ngame: epochs of random batches before the first "
+                              "clustering (0: cluster the initial model's embeddings)"})
+    ngame_recluster_every: int = field(default=1, metadata={"help": "ngame: epochs between clusterings"})
+    ngame_curriculum: str = field(default="", metadata={"help": "ngame: epochs at which the cluster size doubles, "
+                                  "starting from 1, e.g. 1,2,3 (empty: the full size at once)"})
+    ngame_embeddings: str = field(default="recorded", metadata={"help": "ngame: recorded (the training forward's "
+                                  "query embeddings) | encode (re-encode every training query)"})
+    chunk_size: int = field(default=0, metadata={"help": "--negatives all: targets encoded per chunk (0: "
+                            "--eval-batch-size)"})
     num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
     replacement: bool = field(default=False, metadata={"help": "draw negatives with replacement (the cache surrogate always does)"})
     inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
@@ -102,6 +119,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def loss_options(self) -> dict:
+        """Every loss's options (build_loss gives each loss its own)."""
+        return {"topk_k": self.topk_k, "topk_alpha": self.topk_alpha, "triplet_margin": self.triplet_margin,
+                "triplet_hardest": self.triplet_hardest}
 
     def refresh_period(self) -> int:
         return self.refresh_every or (1 if self.negatives == "exact" else 100)
@@ -225,6 +247,20 @@ def _validate(cfg: TrainConfig) -> None:
          "tree_beam must be >= 0, tree_leaf_size >= 1, tree_branching >= 2"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
     ]
+    checks.append((cfg.batching in ("random", "ngame") and cfg.ngame_cluster_size >= 1 and cfg.ngame_warmup >= 0
+                   and cfg.ngame_recluster_every >= 1 and cfg.ngame_embeddings in ("recorded", "encode"),
+                   "batching is random or ngame; ngame_cluster_size, ngame_recluster_every >= 1, ngame_warmup >= 0, "
+                   "ngame_embeddings recorded or encode"))
+    try:
+        [int(e) for e in str(cfg.ngame_curriculum).replace(" ", "").split(",") if e]
+    except ValueError:
+        checks.append((False, f"ngame_curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}"))
+    checks.append((cfg.topk_k >= 1 and cfg.topk_alpha > 0 and cfg.triplet_hardest >= 1 and cfg.chunk_size >= 0,
+                   "topk_k, triplet_hardest >= 1, topk_alpha > 0, chunk_size >= 0"))
+    checks.append((cfg.negatives != "all" or cfg.loss in ("softmax", "decoupled", "topk", "triplet"),
+                   "--negatives all needs --loss softmax, decoupled, topk or triplet"))
+    checks.append((cfg.loss not in ("decoupled", "topk", "triplet") or cfg.inbatch or cfg.negatives != "inbatch",
+                   f"--loss {cfg.loss} needs negatives: in-batch or drawn"))
     checks.append((cfg.corrector_apply in ("all", "scored") and cfg.corrector_every >= 1 and cfg.corrector_depth >= 1
                    and cfg.corrector_width >= 0 and cfg.corrector_warmup >= 0 and cfg.corrector_lr > 0,
                    "corrector_apply is all or scored; corrector_every, corrector_depth >= 1; width, warmup >= 0"))

@@ -71,9 +71,10 @@ def test_phase_seconds_are_logged_and_add_up(tiny_beir, tmp_path):
     out = tmp_path / "p"
     assert train(tiny_beir, out, "--steps", "4", "--negatives", "cache", "--refresh-fraction", "0.1") == 0
     ph = metrics(out)["train"]["phases"]
-    assert set(ph) == {"setup", "query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward",
+    assert set(ph) == {"setup", "batching", "query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward",
                        "optimizer", "write_back", "refresh"}
-    assert all(v > 0 for v in ph.values()), ph
+    assert all(v >= 0 for v in ph.values()), ph  # random batches and 4 x 8 static positives can round to 0 ms
+    assert all(ph[k] > 0 for k in ("setup", "sample", "loss_backward", "optimizer", "refresh")), ph
     assert sum(ph.values()) <= metrics(out)["train"]["seconds"] + 0.01
     assert rows(out)[-1]["phases"] == ph
 

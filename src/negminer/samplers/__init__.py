@@ -6,6 +6,7 @@ target encode is counted in one place); keeping the store fresh is the refresher
 (refreshers/). A sampler never encodes with gradient. In-batch negatives are added by the trainer unless ``--no-inbatch``.
 """
 
+from negminer.samplers.all import AllSampler
 from negminer.samplers.ance import AnceSampler
 from negminer.samplers.base import Batch, Draw, Sampler
 from negminer.samplers.cache import CacheSampler
@@ -19,7 +20,8 @@ from negminer.samplers.tree import TreeSampler
 from negminer.samplers.uniform import UniformSampler
 
 SAMPLERS = {"inbatch": InBatchSampler, "uniform": UniformSampler, "exact": ExactSampler, "ance": AnceSampler,
-            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler, "tree": TreeSampler}
+            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler, "tree": TreeSampler,
+            "all": AllSampler}
 
 
 def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> Sampler:
@@ -36,6 +38,8 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
     k = cfg.num_negatives
     if name == "inbatch":
         return InBatchSampler()
+    if name == "all":
+        return AllSampler()
     if name == "mined":
         return MinedSampler(k, mined, **common)
     if name == "uniform":
@@ -56,4 +60,4 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
 
 __all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk", "inbatch_mask",
            "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler",
-           "TreeSampler"]
+           "TreeSampler", "AllSampler"]

@@ -31,6 +31,7 @@ class Batch:
     loss_scale: float                # 1 / loss temperature
     device_generator: torch.Generator | None = None  # on the scoring device, seeded from (seed, step)
     queries: torch.Tensor | None = None  # [B] training-query index of each row (samplers with per-query lists)
+    positives: Exclusions | None = None  # every positive of each query (losses that read pool_pos)
 
     def gen(self, device) -> torch.Generator:
         device = torch.device(device)
@@ -60,6 +61,7 @@ class Sampler:
     name = "base"
     k = 0
     needs_store = True
+    all_targets = False  # True: every target is a negative (the trainer encodes them all; samplers/all.py)
 
     def __init__(self, k: int = 0, margin: float | None = None, sample_temperature: float | None = None,
                  replacement: bool = False):

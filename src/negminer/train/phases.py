@@ -1,7 +1,7 @@
 """Where a step's time goes: seconds per phase, accumulated over the run (and across resume).
 
 Phases: setup (the sampler's setup before the first step: filling the store, building indexes),
-query_encode, target_encode_pos, sample, target_encode_neg, loss_backward, optimizer,
+batching (clustering batchers: NGAME's clustering and the query encodes it needs), query_encode, target_encode_pos, sample, target_encode_neg, loss_backward, optimizer,
 write_back (the write-back refresher: store writes, eval-mode re-encodes included), refresh (the
 other refreshers and the sampler's own update).
 On a GPU each boundary synchronises, so the split is true (and the step slightly slower).
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-PHASES = ("setup", "query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward", "optimizer",
+PHASES = ("setup", "batching", "query_encode", "target_encode_pos", "sample", "target_encode_neg", "loss_backward", "optimizer",
           "write_back", "refresh")
 
 

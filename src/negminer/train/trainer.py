@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from negminer.batching import RandomBatcher
+from negminer.batching import build_batcher
 from negminer.config import TrainConfig, save_config
 from negminer.errors import ConfigError, TrainingDiverged
 from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
 from negminer.hooks import default_hooks
 from negminer.losses import build_loss, loss_inputs
+from negminer.losses.inputs import all_inputs
+from negminer.memory import encode_cached
 from negminer.refreshers import Fresh, build_refreshers
 from negminer.samplers import Batch, Draw, Exclusions, build_sampler
 from negminer.store import TargetStore
@@ -111,8 +113,8 @@ class Trainer:
             device=str(self.device))
         self.model.to(self.device)
         for mod in self.model.modules():  # embedding bags (the static tower): sparse gradients, densified once
-            if isinstance(mod, torch.nn.EmbeddingBag) and not mod.weight.is_sparse:  # per step (see train_step)
-                mod.sparse = True
+            if isinstance(mod, torch.nn.EmbeddingBag) and not mod.weight.is_sparse:  # per step (see train_step);
+                mod.sparse = cfg.negatives != "all"  # all targets touch most of the vocabulary: dense is cheaper
         pos = self.dataset.positives(cfg.train_split)
         self.qids = sorted(pos, key=lambda q: self.dataset.query_index[q])
         self.pos_sets = [pos[q] for q in self.qids]
@@ -122,9 +124,9 @@ class Trainer:
         if cfg.batch_size > len(self.qids):
             raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(self.qids)} training queries "
                               f"of {self.dataset.name}/{cfg.train_split}")
-        self.batcher = RandomBatcher(len(self.qids), cfg.batch_size, cfg.seed, self.pos_lists, self.dataset.num_targets)
+        self.batcher = build_batcher(cfg, len(self.qids), self.pos_lists, self.dataset.num_targets)
         self.total_steps = cfg.total_steps(self.batcher.batches_per_epoch)
-        self.loss_fn = build_loss(cfg.loss)
+        self.loss_fn = build_loss(cfg.loss, **cfg.loss_options())
         mined = None
         if cfg.negatives == "mined":
             from negminer.samplers.mined import mined_lists
@@ -229,10 +231,12 @@ class Trainer:
         g = torch.Generator().manual_seed(seed)
         dev = self.store.scoring_device if self.store is not None else torch.device("cpu")
         dg = torch.Generator(device=dev).manual_seed(seed) if dev.type != "cpu" else None
+        positives = Exclusions([self.pos_sets[i] for i in idx], self.dataset.num_targets) \
+            if "pool_pos" in self.loss_fn.needs else None
         return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long),
                      Exclusions([self.exclude(i) for i in idx], self.dataset.num_targets),
                      pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg,
-                     torch.as_tensor(np.asarray(idx), dtype=torch.long))
+                     torch.as_tensor(np.asarray(idx), dtype=torch.long), positives)
 
     def target_features(self, rows):
         """Tower inputs of target rows: from the store's token table when there is a store."""
@@ -266,14 +270,19 @@ class Trainer:
 
     def train_step(self, step: int) -> float:
         """One optimiser step; returns the loss (nan for a skipped step)."""
+        with self.phases("batching"):
+            self.batcher.prepare(step, self.encode_training_queries)
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
         idx, pos_rows = self._batch(step)
         m, ph = self.model, self.phases
         with ph("query_encode"), self.autocast():
             q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in idx]))
+        self.counters.query_encodes += len(idx)
+        self.batcher.record(idx, q)
+        if self.sampler.all_targets:
+            return self.train_step_all(step, idx, pos_rows, q)
         with ph("target_encode_pos"), self.autocast():
             p = m.embed_targets(self.target_features(pos_rows))
-        self.counters.query_encodes += len(idx)
         self.counters.target_encodes += len(pos_rows)
         with ph("sample"):
             batch = self.make_batch(step, idx, pos_rows, p)
@@ -294,18 +303,8 @@ class Trainer:
                 return self._diverged("the loss", loss.detach(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        with ph("optimizer"):
-            params = [x for x in m.parameters() if x.grad is not None]
-            # sparse gradients add each bag call's rows (queries, positives, negatives) instead of filling and
-            # adding a dense vocab x d tensor per call (~10 ms each for the static tower on 2 cores)
-            for x in params:  # AdamW wants them dense: once per step
-                if x.grad.is_sparse:
-                    x.grad = x.grad.to_dense()
-            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
-            if not torch.isfinite(norm):
-                return self._diverged("the gradient norm", norm, step)
-            self.optimizer.step()
-            self.scheduler.step()
+        if not self.optimizer_step(step):
+            return float("nan")
         if self.store is not None:
             self.step_stats = {}
             drawn = uniq if cached is None else cached
@@ -322,6 +321,66 @@ class Trainer:
                     if r.phase != "write_back":
                         r.after_step(f)
         return float(loss.detach())
+
+    def optimizer_step(self, step: int) -> bool:
+        """Clip and apply the accumulated gradients; False when the norm is not finite (the step is skipped
+        or training stops, per --on-nan)."""
+        with self.phases("optimizer"):
+            params = [x for x in self.model.parameters() if x.grad is not None]
+            # sparse gradients add each bag call's rows (queries, positives, negatives) instead of filling and
+            # adding a dense vocab x d tensor per call (~10 ms each for the static tower on 2 cores)
+            for x in params:  # AdamW wants them dense: once per step
+                if x.grad.is_sparse:
+                    x.grad = x.grad.to_dense()
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
+            if not torch.isfinite(norm):
+                self._diverged("the gradient norm", norm, step)
+                return False
+            self.optimizer.step()
+            self.scheduler.step()
+        return True
+
+    def train_step_all(self, step: int, idx, pos_rows, q) -> float:
+        """--negatives all: every target encoded (chunks, no graph), the loss over all of them, then the
+        cached embedding gradient pushed back through the target tower chunk by chunk."""
+        m, ph, n = self.model, self.phases, self.dataset.num_targets
+
+        feats = self.__dict__.setdefault("_all_features", {})  # tokenised once per chunk, kept
+
+        def encode(rows):
+            key = (int(rows[0]), len(rows))
+            if key not in feats:
+                feats[key] = self.target_features(rows)
+            with self.autocast():
+                return m.embed_targets(feats[key])
+
+        with ph("target_encode_neg"):
+            enc = encode_cached(encode, n, self.cfg.chunk_size or self.cfg.eval_batch_size, params=m.parameters())
+        self.counters.target_encodes += n
+        batch = self.make_batch(step, idx, pos_rows, enc.emb[torch.as_tensor(pos_rows)])
+        with ph("loss_backward"):
+            loss = self.loss_fn(**all_inputs(self.loss_fn, q, m.logit_scale(), batch, enc.emb))
+            if not torch.isfinite(loss):
+                return self._diverged("the loss", loss.detach(), step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with ph("target_encode_neg"):
+            enc.backward()
+        self.counters.target_encodes += n
+        if not self.optimizer_step(step):
+            return float("nan")
+        return float(loss.detach())
+
+    def encode_training_queries(self, idx) -> torch.Tensor:
+        """Eval-mode embeddings of training queries ``idx`` (the batcher's clustering), counted."""
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            out = self.model.encode_queries([self.query_texts[int(i)] for i in idx], batch_size=self.cfg.eval_batch_size,
+                                            progress=False)
+        self.model.train(was)
+        self.counters.query_encodes += len(idx)
+        return torch.as_tensor(out).float()
 
     def cached_negatives(self, draw: Draw, device):
         """--negative-grad none: [B, k, d] cached embeddings of the drawn rows (no gradient, not
@@ -369,6 +428,8 @@ class Trainer:
 
     def save(self) -> None:
         tensors, meta = self.sampler.state()
+        bt, bm = self.batcher.state()
+        tensors, meta = {**tensors, **bt}, {**meta, **({"batcher": bm} if bm else {})}
         for r in self.refreshers:
             t, m = r.state()
             tensors, meta = {**tensors, **t}, {**meta, **({f"refresher.{r.name}": m} if m else {})}
@@ -389,6 +450,7 @@ class Trainer:
                 self.store = self._make_store(resume=True)
             self.store.load(ckpt, st.get("store_encodes", 0))
         self.sampler.load_state(extra, st.get("sampler", {}))
+        self.batcher.load_state(extra, st.get("sampler", {}).get("batcher", {}))
         for r in self.refreshers:
             if f"refresher.{r.name}" in st.get("sampler", {}):
                 r.load_state(extra, st["sampler"][f"refresher.{r.name}"])
@@ -473,9 +535,9 @@ class Trainer:
         self.save()
         self.model.save(self.run_dir / "model")
         final = self.evaluate(out_dir=self.run_dir)
-        metrics = {k: final[k] for k in METRIC_KEYS}
+        metrics = dict(final)  # METRIC_KEYS, and the XMC metrics for multi-label data
         if zero_shot is not None:
-            metrics["zero_shot"] = {k: zero_shot[k] for k in METRIC_KEYS}
+            metrics["zero_shot"] = dict(zero_shot)
         metrics["train"] = {"steps": self.step, **self.work(), "seconds": round(self.seconds, 2),
                             "negatives": cfg.negatives, "loss": cfg.loss, "time_budget": cfg.time_budget or None,
                             "stopped_by": "time_budget" if self.step < self.total_steps else "steps",
@@ -498,7 +560,7 @@ def format_comparison(metrics: dict) -> str:
     """Zero-shot vs trained, one line per metric."""
     zs = metrics.get("zero_shot")
     lines = [f"{'metric':<12}{'zero-shot':>11}{'trained':>10}{'change':>10}"]
-    for k in METRIC_KEYS[:-1]:
+    for k in [*METRIC_KEYS[:-1], *(k for k in metrics if k.startswith("xmc_") and k != "xmc_queries")]:
         if zs:
             lines.append(f"{k:<12}{zs[k]:>11.4f}{metrics[k]:>10.4f}{metrics[k] - zs[k]:>+10.4f}")
         else:
