@@ -298,3 +298,24 @@ def test_real_multilabel_data_is_detected(shared_data):
     ds = load_dataset(shared_data / "gcide-senses")
     assert not ds.xmc and ds.filter_pairs == {}
     assert ds.is_multilabel() and max(len(p) for p in ds.positives("train").values()) > 1
+
+
+def test_scipy_npz_label_matrices_as_dexml_prepares_them(tmp_path):
+    """DEXML's folders: raw/trn_X.txt, raw/tst_X.txt, raw/Y.txt with Y.trn.npz / Y.tst.npz; the same dataset
+    as the trn_X_Y.txt form."""
+    sp = pytest.importorskip("scipy.sparse")
+    root, twin = tmp_path / "npz", tmp_path / "txt"
+    for r in (root, twin):
+        write(r, "raw/trn_X.txt", "running shoes\nhats\n")
+        write(r, "raw/tst_X.txt", "blue caps\n")
+        write(r, "raw/Y.txt", "red shoe\nblue hat\ncap\n")
+    sp.save_npz(root / "Y.trn.npz", sp.csr_matrix(([1.0, 1.0, 1.0], ([0, 0, 1], [0, 1, 1])), shape=(2, 3)))
+    sp.save_npz(root / "Y.tst.npz", sp.csr_matrix(([1.0, 1.0], ([0, 0], [1, 2])), shape=(1, 3)))
+    write(twin, "trn_X_Y.txt", "2 3\n0:1 1:1\n1:1\n")
+    write(twin, "tst_X_Y.txt", "1 3\n1:1 2:1\n")
+    a, b = load_dataset(root), load_dataset(twin)
+    assert xmc_layout(root) == "matrix"
+    assert (a.qrels, a.query_texts, a.target_texts) == (b.qrels, b.query_texts, b.target_texts)
+    (root / "Y.tst.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="Y.tst.npz.*not a scipy sparse matrix"):
+        load_dataset(root)

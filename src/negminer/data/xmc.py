@@ -6,7 +6,7 @@ A folder in one of these layouts, tried in this order (every file may also be ``
   (one object per line: ``uid``, ``title``, optional ``content``, ``target_ind`` label rows, optional
   ``target_rel`` values) and ``lbl.json`` (``uid``, ``title``, optional ``content``; record i is label i).
 * label matrices ``trn_X_Y.txt`` / ``tst_X_Y.txt`` (header ``rows labels``, then per row ``label:value``
-  pairs, an empty line for none) with, per split, raw text ``raw/trn_X.txt`` (or ``trn_X.txt``; line i is
+  pairs, an empty line for none; or ``Y.trn.npz`` / ``Y.tst.npz``, scipy sparse, as DEXML prepares them) with, per split, raw text ``raw/trn_X.txt`` (or ``trn_X.txt``; line i is
   row i) and ``raw/Y.txt`` (or ``Y.txt``), else bag of words ``trn_X_Xf.txt`` (header ``rows features``,
   then ``feature:value`` pairs) with optional ``Y.txt`` label texts and ``Xf.txt`` feature names. A text
   file whose first line is ``uid->text`` has that form on every line: the uid becomes the row's id.
@@ -125,6 +125,31 @@ def _sparse(path: Path, what: str):
         yield no, _pairs(path, no, text.split(), size, what)
 
 
+def _sparse_npz(path: Path):
+    """The same from a scipy sparse matrix saved with ``save_npz`` (``Y.trn.npz``, as DEXML prepares data)."""
+    try:
+        import scipy.sparse as sp
+    except ImportError:
+        raise DataError(path, "reading .npz label matrices needs scipy (pip install scipy)") from None
+    try:
+        m = sp.load_npz(path).tocsr()
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise DataError(path, f"not a scipy sparse matrix ({e})") from None
+    yield m.shape
+    for i in range(m.shape[0]):
+        a, z = m.indptr[i], m.indptr[i + 1]
+        yield i + 1, list(zip(m.indices[a:z].tolist(), m.data[a:z].tolist()))
+
+
+def _label_matrix(root: Path, short: str):
+    """(path, rows) of a split's label matrix: ``trn_X_Y.txt``, else ``Y.trn.npz``; None when absent."""
+    p = _find(root, f"{short}_X_Y.txt")
+    if p is not None:
+        return p, _sparse(p, "label")
+    p = root / f"Y.{short}.npz"
+    return (p, _sparse_npz(p)) if p.is_file() else None
+
+
 def _grade(v: float) -> int:
     return max(1, round(v)) if v > 0 else 0
 
@@ -217,8 +242,9 @@ def _read_json(root: Path, b: _Build) -> None:
 
 def _read_matrix(root: Path, b: _Build) -> None:
     """Label matrices with raw text or bag-of-words inputs."""
-    splits = [(short, split, p) for short, split in SPLITS if (p := _find(root, f"{short}_X_Y.txt"))]
-    matrices = {short: _sparse(p, "label") for short, _, p in splits}
+    found = {short: (split, m) for short, split in SPLITS if (m := _label_matrix(root, short))}
+    splits = [(short, split, m[0]) for short, (split, m) in found.items()]
+    matrices = {short: m[1] for short, (_, m) in found.items()}
     heads = {short: next(m) for short, m in matrices.items()}
     n_labels = heads[splits[0][0]][1]
     for short, _, p in splits[1:]:
@@ -322,7 +348,7 @@ def xmc_layout(root: Path) -> str | None:
         return None
     if _find(root, "lbl.json", "trn.json", "tst.json"):
         return "json"
-    if _find(root, "trn_X_Y.txt", "tst_X_Y.txt"):
+    if _find(root, "trn_X_Y.txt", "tst_X_Y.txt") or (root / "Y.trn.npz").is_file() or (root / "Y.tst.npz").is_file():
         return "matrix"
     if any(p and _classic_header(p) for p in (_find(root, "train.txt"), _find(root, "test.txt"))):
         return "classic"
