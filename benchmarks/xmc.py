@@ -15,7 +15,7 @@ the embeddings recorded during the first):
 and, in a second table at ``--all-steps`` steps (every label encoded twice per step: 126K x 2 target
 encodes a step, ~100x the cost of a 64-query step), all (softmax: the sampled positive against every
 non-positive; decoupled: every positive of the query a term) against in-batch and decoupled at the
-same steps.
+same steps; and in-batch against NGAME over ``--long-steps`` (5 epochs, four re-clusterings).
 
 On gcide-senses no label (definition) belongs to two headwords, so a batch never holds another
 positive of a query: there the in-batch decoupled loss is the softmax exactly (same numbers), and
@@ -48,7 +48,7 @@ NGAME = dict(batching="ngame", ngame_cluster_size=16)
 
 
 def configs(args) -> list[tuple[str, dict, int]]:
-    s, a = args.steps, args.all_steps
+    s, a, long = args.steps, args.all_steps, args.long_steps
     main = [("inbatch", {}), ("ngame", NGAME), ("triplet + ngame", {**NGAME, "loss": "triplet"}),
             ("decoupled", {"loss": "decoupled"}), ("decoupled + ngame", {**NGAME, "loss": "decoupled"}),
             ("decoupled + cache", {"loss": "decoupled", "negatives": "cache", "num_negatives": 8}),
@@ -59,6 +59,8 @@ def configs(args) -> list[tuple[str, dict, int]]:
                  [("inbatch", {}), ("decoupled", {"loss": "decoupled"}),
                   ("all (softmax)", {"negatives": "all", "chunk_size": 16384}),
                   ("all (decoupled)", {"loss": "decoupled", "negatives": "all", "chunk_size": 16384})]]
+    if long:  # the NGAME regime: more epochs, several re-clusterings
+        rows += [(f"{name} @{long}", opts, long) for name, opts in [("inbatch", {}), ("ngame", NGAME)]]
     return rows
 
 
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=2506, help="steps of the main table (2 epochs of 1,253 batches)")
     ap.add_argument("--all-steps", type=int, default=100, help="steps of the all-labels table (0: skip it)")
+    ap.add_argument("--long-steps", type=int, default=6265, help="steps of the in-batch / NGAME pair run longer "
+                    "(5 epochs; 0: skip it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="run only the rows whose method starts with one of these words")
     args = ap.parse_args(argv)
