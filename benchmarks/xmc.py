@@ -18,8 +18,10 @@ non-positive; decoupled: every positive of the query a term) against in-batch an
 same steps; and in-batch against NGAME over ``--long-steps`` (5 epochs, four re-clusterings).
 
 On gcide-senses no label (definition) belongs to two headwords, so a batch never holds another
-positive of a query: there the in-batch decoupled loss is the softmax exactly (same numbers), and
-decoupling shows only where every label is a candidate (``--negatives all``).
+positive of a query: there the in-batch decoupled loss is the softmax up to float rounding, and
+decoupling shows only where every label is a candidate (``--negatives all``). With NGAME batches the
+rounding differences change the recorded embeddings, hence the re-clustering and the batches of the
+second epoch: "decoupled + ngame" against "ngame" measures that run-to-run spread.
 
 Each row: P@1, P@5, PSP@5 (Extreme Classification Repository definitions, inverse propensities A=0.55,
 B=1.5 from the training labels), recall@10, target and query encodes, training seconds, peak RSS.
