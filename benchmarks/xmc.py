@@ -60,7 +60,8 @@ def configs(args) -> list[tuple[str, dict, int]]:
         rows += [(f"{name} @{a}", opts, a) for name, opts in
                  [("inbatch", {}), ("decoupled", {"loss": "decoupled"}),
                   ("all (softmax)", {"negatives": "all", "chunk_size": 16384}),
-                  ("all (decoupled)", {"loss": "decoupled", "negatives": "all", "chunk_size": 16384})]]
+                  ("all (decoupled)", {"loss": "decoupled", "negatives": "all", "chunk_size": 16384}),
+                  ("all (topk)", {"loss": "topk", "negatives": "all", "chunk_size": 16384})]]
     if long:  # the NGAME regime: more epochs, several re-clusterings
         rows += [(f"{name} @{long}", opts, long) for name, opts in [("inbatch", {}), ("ngame", NGAME)]]
     return rows
