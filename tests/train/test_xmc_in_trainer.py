@@ -26,8 +26,9 @@ def rows(run):
 
 @pytest.mark.parametrize("loss", ["softmax", "decoupled", "topk", "triplet"])
 @pytest.mark.parametrize("neg", [["--negatives", "inbatch"], ["--negatives", "cache"], ["--negatives", "exact"],
-                                 ["--negatives", "ance", "--refresh-every", "4"], ["--negatives", "all"]],
-                         ids=["inbatch", "cache", "exact", "ance", "all"])
+                                 ["--negatives", "ance", "--refresh-every", "4"], ["--negatives", "tree"],
+                                 ["--negatives", "all"]],
+                         ids=["inbatch", "cache", "exact", "ance", "tree", "all"])
 def test_losses_train_with_every_negative_source(tiny_ml, tmp_path, loss, neg):
     out = tmp_path / "r"
     assert main(["train", "--data", str(tiny_ml), "--out", str(out), *BASE, "--steps", "6", "--loss", loss, *neg,
