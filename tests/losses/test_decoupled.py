@@ -1,27 +1,9 @@
-import math
 
 import pytest
 import torch
 
 from negminer.losses import LOSSES, DecoupledSoftmaxLoss, SoftmaxLoss, build_loss
-
-def make_inputs(seed, b=5, m=6, k=4, d=8, dtype=torch.float64):
-    """Random scores with every kind of column: masked pool columns, extra positives (``pool_pos``,
-    which the trainer also masks), weights, masked drawn negatives; query 0 has no usable drawn
-    negative, query 1 no negative at all."""
-    g = torch.Generator().manual_seed(seed)
-    q, pos = torch.randn(b, d, generator=g, dtype=dtype), torch.randn(b, d, generator=g, dtype=dtype)
-    pool, neg = torch.randn(m, d, generator=g, dtype=dtype), torch.randn(b, k, d, generator=g, dtype=dtype)
-    pool_pos = torch.rand(b, m, generator=g) < 0.25
-    pool_mask = (torch.rand(b, m, generator=g) < 0.3) | pool_pos
-    neg_mask = torch.rand(b, k, generator=g) < 0.3
-    neg_mask[0] = True
-    pool_mask[1], neg_mask[1] = True, True
-    pool_log_pi = torch.log(torch.rand(b, m, generator=g, dtype=dtype) * 2 + 0.05)
-    neg_log_pi = torch.log(torch.rand(b, k, generator=g, dtype=dtype) * 2 + 0.05)
-    return {"q": q, "pos": pos, "pool": pool, "pool_mask": pool_mask, "pool_log_pi": pool_log_pi, "neg": neg,
-            "neg_mask": neg_mask, "neg_log_pi": neg_log_pi, "pool_pos": pool_pos}
-
+from losskit import make_inputs, poison_masked
 
 def candidates(i, q, pos, scale, pool=None, pool_mask=None, pool_log_pi=None, neg=None, neg_mask=None,
                neg_log_pi=None, pool_pos=None):
@@ -128,12 +110,7 @@ def test_two_positives_do_not_compete():
 def test_masked_entries_contribute_nothing_and_give_no_nan():
     inp = make_inputs(5, dtype=torch.float32)
     # garbage where masked: an unusable column's correction and embedding must not matter
-    for name, mask in (("pool_log_pi", "pool_mask"), ("neg_log_pi", "neg_mask")):
-        lp = inp[name].clone()
-        flat = lp[inp[mask]]
-        flat[0::3], flat[1::3], flat[2::3] = math.inf, -math.inf, math.nan
-        lp[inp[mask]] = flat
-        inp[name] = lp
+    poison_masked(inp)
     neg = inp["neg"].clone().requires_grad_()
     q = inp["q"].clone().requires_grad_()
     neg.data[inp["neg_mask"]] *= 1e6

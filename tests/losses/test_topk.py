@@ -8,23 +8,7 @@ from scipy.special import expit
 
 from negminer.errors import ConfigError
 from negminer.losses import LOSSES, SoftTopKLoss, build_loss, soft_topk
-
-
-def make_inputs(seed, b=5, m=6, k=4, d=8, dtype=torch.float64):
-    """As in test_decoupled: masked pool columns, extra positives, weights, masked drawn negatives;
-    query 0 has no usable drawn negative, query 1 no negative at all."""
-    g = torch.Generator().manual_seed(seed)
-    q, pos = torch.randn(b, d, generator=g, dtype=dtype), torch.randn(b, d, generator=g, dtype=dtype)
-    pool, neg = torch.randn(m, d, generator=g, dtype=dtype), torch.randn(b, k, d, generator=g, dtype=dtype)
-    pool_pos = torch.rand(b, m, generator=g) < 0.25
-    pool_mask = (torch.rand(b, m, generator=g) < 0.3) | pool_pos
-    neg_mask = torch.rand(b, k, generator=g) < 0.3
-    neg_mask[0] = True
-    pool_mask[1], neg_mask[1] = True, True
-    pool_log_pi = torch.log(torch.rand(b, m, generator=g, dtype=dtype) * 2 + 0.05)
-    neg_log_pi = torch.log(torch.rand(b, k, generator=g, dtype=dtype) * 2 + 0.05)
-    return {"q": q, "pos": pos, "pool": pool, "pool_mask": pool_mask, "pool_log_pi": pool_log_pi, "neg": neg,
-            "neg_mask": neg_mask, "neg_log_pi": neg_log_pi, "pool_pos": pool_pos}
+from losskit import make_inputs, poison_masked
 
 
 def candidates(i, q, pos, scale, pool=None, pool_mask=None, pool_log_pi=None, neg=None, neg_mask=None,
@@ -205,12 +189,7 @@ def test_stable_at_scale_20_with_scores_near_one():
 
 def test_masked_entries_give_no_nan():
     inp = make_inputs(5, dtype=torch.float32)
-    for name, mask in (("pool_log_pi", "pool_mask"), ("neg_log_pi", "neg_mask")):
-        lp = inp[name].clone()
-        flat = lp[inp[mask]]
-        flat[0::3], flat[1::3], flat[2::3] = math.inf, -math.inf, math.nan
-        lp[inp[mask]] = flat
-        inp[name] = lp
+    poison_masked(inp)
     q, neg = inp["q"].clone().requires_grad_(), inp["neg"].clone()
     neg[inp["neg_mask"]] *= 1e6
     neg.requires_grad_()

@@ -8,6 +8,7 @@ import torch
 
 from negminer.config import resolve
 from negminer.train.trainer import Trainer
+from runkit import Crash, CrashAt
 
 SAMPLERS = {"cache": {"negatives": "cache"},
             "cache-prefilter": {"negatives": "cache", "prefilter_top": 16, "prefilter_nprobe": 2, "prefilter_rebuild": 3},
@@ -27,19 +28,6 @@ EXPECTED = {"write-back": 0, "fraction": 6 * 8, "full": 2 * 160, "nystrom": 3 * 
             "corrector alone": 0}
 NAMES = {"corrector": ["write-back", "corrector"], "corrector scored": ["write-back", "corrector"],
          "corrector alone": ["corrector"]}
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, trainer, step):
-        if step == self.step:
-            raise Crash
 
 
 def make(tiny_beir, out, sampler, refresher, hooks=()):

@@ -10,6 +10,7 @@ from negminer.cli import main
 from negminer.config import resolve
 from negminer.train.trainer import Trainer
 from tinydata import write_tiny_multilabel
+from runkit import Crash, CrashAt
 
 BASE = ["--encoder", "static", "--batch-size", "8", "--lr", "0.05", "--seed", "5", "--quiet", "--no-zero-shot",
         "--num-negatives", "4"]
@@ -52,19 +53,6 @@ def test_ngame_batches_train_and_count_the_clustering(tiny_ml, tmp_path, loss):
     # (64 = 8 batches of 8: every query is seen each epoch, nothing re-encoded at the epoch starts)
     assert log[-1]["query_encodes"] == 20 * 8 + 64
     assert log[-1]["phases"]["batching"] > 0
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, trainer, step):
-        if step == self.step:
-            raise Crash
 
 
 @pytest.mark.parametrize("extra", [
