@@ -1,3 +1,4 @@
+"""DEXML's decoupled softmax against a per-query reference: terms, weights, masks, gradients."""
 
 import pytest
 import torch

@@ -1,3 +1,5 @@
+"""DEXML's soft top-k: the operator against a root finder, gradcheck of the implicit backward, the loss."""
+
 import math
 
 import pytest

@@ -1,3 +1,5 @@
+"""NGAME's triplet loss against a per-query reference: hardest negatives, margins, extra positives."""
+
 import pytest
 import torch
 
