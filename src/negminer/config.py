@@ -45,8 +45,11 @@ class TrainConfig:
                                   "starting from 1, e.g. 1,2,3 (empty: the full size at once)"})
     ngame_embeddings: str = field(default="recorded", metadata={"help": "ngame: recorded (the training forward's "
                                   "query embeddings) | encode (re-encode every training query)"})
-    chunk_size: int = field(default=0, metadata={"help": "--negatives all: targets encoded per chunk (0: "
-                            "--eval-batch-size)"})
+    memory: str = field(default="plain", metadata={"help": "plain | gradcache (the batch encoded in chunks without "
+                        "a graph, the loss's embedding gradients cached, each chunk re-encoded and backpropagated: the "
+                        "full-batch gradient in the memory of one chunk)"})
+    chunk_size: int = field(default=0, metadata={"help": "rows per chunk: --negatives all targets (0: --eval-batch-size), "
+                            "--memory gradcache (0: 32)"})
     num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
     replacement: bool = field(default=False, metadata={"help": "draw negatives with replacement (the cache surrogate always does)"})
     inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
@@ -257,6 +260,9 @@ def _validate(cfg: TrainConfig) -> None:
         checks.append((False, f"ngame_curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}"))
     checks.append((cfg.topk_k >= 1 and cfg.topk_alpha > 0 and cfg.triplet_hardest >= 1 and cfg.chunk_size >= 0,
                    "topk_k, triplet_hardest >= 1, topk_alpha > 0, chunk_size >= 0"))
+    checks.append((cfg.memory in ("plain", "gradcache"), "memory must be plain or gradcache"))
+    checks.append((cfg.memory == "plain" or cfg.negatives != "all",
+                   "--negatives all already encodes its targets in chunks; use it with --memory plain"))
     checks.append((cfg.negatives != "all" or cfg.loss in ("softmax", "decoupled", "topk", "triplet"),
                    "--negatives all needs --loss softmax, decoupled, topk or triplet"))
     checks.append((cfg.loss not in ("decoupled", "topk", "triplet") or cfg.inbatch or cfg.negatives != "inbatch",

@@ -35,7 +35,7 @@ class CachedEncoding:
 
     def backward(self) -> None:
         """Re-encode each chunk with gradient and push the cached dL/dE through it."""
-        grad = self.emb.grad
+        grad = self.emb.grad if self.chunks else None
         if grad is None:
             return
         for rows, cpu, cuda in self.chunks:

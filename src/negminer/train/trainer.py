@@ -274,6 +274,10 @@ class Trainer:
             self.batcher.prepare(step, self.encode_training_queries)
         torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
         idx, pos_rows = self._batch(step)
+        if self.cfg.memory == "gradcache":
+            from negminer.memory.gradcache import gradcache_step
+
+            return gradcache_step(self, step, idx, pos_rows)
         m, ph = self.model, self.phases
         with ph("query_encode"), self.autocast():
             q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in idx]))
@@ -305,22 +309,28 @@ class Trainer:
             loss.backward()
         if not self.optimizer_step(step):
             return float("nan")
-        if self.store is not None:
-            self.step_stats = {}
-            drawn = uniq if cached is None else cached
-            if drawn is not None and len(drawn):  # how stale the rows it drew were (before any refresh)
-                self.step_stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
-            f = Fresh(step, batch.pos_rows, p.detach(), uniq, None if fresh is None else fresh.detach())
-            for r in self.refreshers:
-                if r.phase == "write_back":
-                    with ph("write_back"):
-                        r.after_step(f)
-            with ph("refresh"):
-                self.sampler.update(batch, draw, m, self.store, step + 1, encode=self.encode_rows)
-                for r in self.refreshers:
-                    if r.phase != "write_back":
-                        r.after_step(f)
+        self.update_store(step, batch, draw, p, uniq, fresh, cached)
         return float(loss.detach())
+
+    def update_store(self, step: int, batch, draw, p, uniq, fresh, cached) -> None:
+        """After the optimiser step: the write-back and the other refreshers, the sampler's bookkeeping."""
+        if self.store is None:
+            return
+        ph = self.phases
+        self.step_stats = {}
+        drawn = uniq if cached is None else cached
+        if drawn is not None and len(drawn):  # how stale the rows it drew were (before any refresh)
+            self.step_stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
+        f = Fresh(step, batch.pos_rows, p.detach(), uniq, None if fresh is None else fresh.detach())
+        for r in self.refreshers:
+            if r.phase == "write_back":
+                with ph("write_back"):
+                    r.after_step(f)
+        with ph("refresh"):
+            self.sampler.update(batch, draw, self.model, self.store, step + 1, encode=self.encode_rows)
+            for r in self.refreshers:
+                if r.phase != "write_back":
+                    r.after_step(f)
 
     def optimizer_step(self, step: int) -> bool:
         """Clip and apply the accumulated gradients; False when the norm is not finite (the step is skipped
