@@ -1,7 +1,7 @@
 """Peak memory and step time against effective batch: plain batches against GradCache.
 
-all-MiniLM-L6-v2, in-batch softmax on builtin:pycode (4,127 training pairs, so a batch of 4,096
-fits), query/target max length 32, one optimiser step per row after the first (which pays for
+all-MiniLM-L6-v2, in-batch softmax on ../shared/data/gcide-rd (113,388 training pairs: a batch of 4,096
+fits; builtin:pycode has 3,627 training queries), query/target max length 32, one optimiser step per row after the first (which pays for
 loading and warm-up), each row in a fresh process so that its peak RSS (VmHWM) is its own.
 Rows: plain at each batch size; gradcache (``--memory gradcache``) at each effective batch with
 ``--chunk-size`` rows per chunk. Goal (#14): effective batch 4096 with gradcache at no more than
@@ -27,7 +27,7 @@ from pathlib import Path
 from negminer.fileio import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
+from common import RESULTS, SHARED_DATA, peak_rss_mb, provenance, reset_peak_rss, write_result  # noqa: E402
 
 
 def one_row(method: str, batch: int, chunk: int, out: str) -> dict:
@@ -38,7 +38,7 @@ def one_row(method: str, batch: int, chunk: int, out: str) -> dict:
     from negminer.train.trainer import Trainer
 
     opts = {"memory": "gradcache", "chunk_size": chunk} if method == "gradcache" else {}
-    cfg = resolve(dict(data="builtin:pycode", out=out, encoder="minilm", batch_size=batch, steps=2, quiet=True,
+    cfg = resolve(dict(data=str(SHARED_DATA / "gcide-rd"), out=out, encoder="minilm", batch_size=batch, steps=2, quiet=True,
                        zero_shot=False, query_max_length=32, target_max_length=32, lr=1e-5, **opts))
     tr = Trainer(cfg)
     tr.setup_sampler()
@@ -76,6 +76,9 @@ def main(argv=None) -> int:
         reset_peak_rss()
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(one_row(args.row[0], int(args.row[1]), int(args.row[2]), tmp)))
+        return 0
+    if not (SHARED_DATA / "gcide-rd").exists():
+        print(f"skipped: {SHARED_DATA / 'gcide-rd'} not found (the shared/ folder beside the repo)")
         return 0
     prov, rows = provenance(), []
     plan = [("plain", b) for b in args.batches if b <= args.plain_max] + [("gradcache", b) for b in args.batches]
