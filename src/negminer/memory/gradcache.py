@@ -20,15 +20,13 @@ import math
 
 import torch
 
-from negminer.losses import loss_inputs
 from negminer.memory.cached_targets import encode_cached
-from negminer.samplers import Draw
 
 
 def gradcache_step(tr, step: int, idx, pos_rows) -> float:
     """One optimiser step of Trainer ``tr`` with cached embedding gradients; returns the loss."""
-    m, ph, cfg = tr.model, tr.phases, tr.cfg
-    chunk = cfg.chunk_size or 32
+    m, ph = tr.model, tr.phases
+    chunk = tr.cfg.chunk_size or 32
     params = list(m.parameters())
     texts = [tr.query_texts[i] for i in idx]
     pos_t = torch.as_tensor(pos_rows, dtype=torch.long)
@@ -37,52 +35,29 @@ def gradcache_step(tr, step: int, idx, pos_rows) -> float:
         with tr.autocast():
             return m.embed_queries(m.tokenize_queries([texts[r] for r in rows.tolist()]))
 
-    def enc_targets(source):
-        def enc(rows):
-            with tr.autocast():
-                return m.embed_targets(tr.target_features(source[rows]))
-        return enc
+    encodings = {}
+
+    def cached_rows(name, source):  # the first pass over target rows ``source``, kept for its second pass
+        encodings[name] = encode_cached(lambda rows: tr.embed_target_rows(source[rows]), len(source), chunk, params)
+        return encodings[name].emb
 
     with ph("query_encode"):
-        qc = encode_cached(enc_q, len(idx), chunk, params)
+        encodings["query_encode"] = encode_cached(enc_q, len(idx), chunk, params)
     with ph("target_encode_pos"):
-        pc = encode_cached(enc_targets(pos_t), len(pos_t), chunk, params)
+        p = cached_rows("target_encode_pos", pos_t)
+    q = encodings["query_encode"].emb
     tr.counters.query_encodes += len(idx)
     tr.counters.target_encodes += len(pos_t)
-    tr.batcher.record(idx, qc.emb)
-    q, p = qc.emb, pc.emb
-    with ph("sample"):
-        batch = tr.make_batch(step, idx, pos_rows, p)
-        draw = tr.sampler.sample(q.detach(), batch, tr.store) if tr.sampler.k else Draw.empty(len(idx))
-    neg = uniq = fresh = cached = nc = None
-    if draw.ids.numel() and bool((~draw.mask).any()):
-        if cfg.negative_grad == "none":
-            with ph("sample"):
-                neg, cached = tr.cached_negatives(draw, q.device)
-        else:
-            ok = ~draw.mask
-            uniq, inv = draw.ids[ok].unique(return_inverse=True)
-            with ph("target_encode_neg"):
-                nc = encode_cached(enc_targets(uniq), len(uniq), chunk, params)
-            tr.counters.target_encodes += len(uniq)
-            fresh = nc.emb
-            neg = fresh.new_zeros(*draw.ids.shape, fresh.shape[-1])
-            neg[ok] = fresh[inv]
-    with ph("loss_backward"):
-        kw = loss_inputs(tr.loss_fn, q, p, m.logit_scale(), batch, draw, neg, cfg.inbatch,
-                         tr.batcher.log_batch_count, share=cfg.share_negatives)
-        loss = tr.loss_fn(**kw)
-        if not torch.isfinite(loss):
-            return tr._diverged("the loss", loss.detach(), step)
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # to the cached embeddings (and a learned temperature)
-    for name, c in (("query_encode", qc), ("target_encode_pos", pc), ("target_encode_neg", nc)):
-        if c is not None:
-            with ph(name):
-                c.backward()
+    tr.batcher.record(idx, q)
+    loss, parts = tr.negatives_and_loss(step, idx, pos_rows, q, p, lambda rows: cached_rows("target_encode_neg", rows))
+    if parts is None:
+        return loss
+    for name, c in encodings.items():  # second pass: re-encode with a graph, push the cached gradient
+        with ph(name):
+            c.backward()
     tr.counters.query_encodes += len(idx)
-    tr.counters.target_encodes += len(pos_t) + (len(uniq) if nc is not None else 0)
+    tr.counters.target_encodes += sum(len(c.emb) for name, c in encodings.items() if name != "query_encode")
     if not tr.optimizer_step(step):
         return math.nan
-    tr.update_store(step, batch, draw, p, uniq, fresh, cached)
-    return float(loss.detach())
+    tr.update_store(step, *parts)
+    return loss

@@ -244,17 +244,41 @@ class Trainer:
             return self.store.features(rows, self.model)
         return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
 
-    def encode_drawn(self, draw: Draw):
-        """Fresh, with-gradient embeddings [B, k, d] of the drawn rows (each distinct usable row
-        encoded once; masked slots get zeros), and the distinct rows."""
-        ok = ~draw.mask
-        uniq, inv = draw.ids[ok].unique(return_inverse=True)
-        feats = self.target_features(uniq)
-        self.counters.target_encodes += len(uniq)
-        emb = self.model.embed_targets(feats)
-        out = emb.new_zeros(*draw.ids.shape, emb.shape[-1])
-        out[ok.to(out.device)] = emb[inv.to(emb.device)]
-        return out, uniq, emb
+    def embed_target_rows(self, rows) -> torch.Tensor:
+        """With-gradient target embeddings of store rows (the training autocast)."""
+        with self.autocast():
+            return self.model.embed_targets(self.target_features(rows))
+
+    def negatives_and_loss(self, step: int, idx, pos_rows, q, p, embed_rows):
+        """Sample, embed the drawn rows with ``embed_rows(rows) -> [len, d]`` (each distinct usable row once,
+        with gradient; masked slots get zeros), compute the loss and backpropagate it. Returns (loss, the step's
+        pieces for ``update_store``), or (nan, None) for a skipped step."""
+        ph = self.phases
+        with ph("sample"):
+            batch = self.make_batch(step, idx, pos_rows, p)
+            draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
+        neg, uniq, fresh, cached = None, None, None, None
+        if draw.ids.numel() and bool((~draw.mask).any()):
+            if self.cfg.negative_grad == "none":  # the store's (stale) embeddings: no target-tower work
+                with ph("sample"):
+                    neg, cached = self.cached_negatives(draw, q.device)
+            else:
+                ok = ~draw.mask
+                uniq, inv = draw.ids[ok].unique(return_inverse=True)
+                with ph("target_encode_neg"):
+                    fresh = embed_rows(uniq)
+                self.counters.target_encodes += len(uniq)
+                neg = fresh.new_zeros(*draw.ids.shape, fresh.shape[-1])
+                neg[ok.to(neg.device)] = fresh[inv.to(fresh.device)]
+        with ph("loss_backward"):
+            kw = loss_inputs(self.loss_fn, q, p, self.model.logit_scale(), batch, draw, neg, self.cfg.inbatch,
+                             self.batcher.log_batch_count, share=self.cfg.share_negatives)
+            loss = self.loss_fn(**kw)
+            if not torch.isfinite(loss):
+                return self._diverged("the loss", loss.detach(), step), None
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        return float(loss.detach()), (batch, draw, p, uniq, fresh, cached)
 
     def _diverged(self, what: str, value, step: int) -> float:
         if self.cfg.on_nan == "stop":
@@ -285,32 +309,14 @@ class Trainer:
         self.batcher.record(idx, q)
         if self.sampler.all_targets:
             return self.train_step_all(step, idx, pos_rows, q)
-        with ph("target_encode_pos"), self.autocast():
-            p = m.embed_targets(self.target_features(pos_rows))
+        with ph("target_encode_pos"):
+            p = self.embed_target_rows(pos_rows)
         self.counters.target_encodes += len(pos_rows)
-        with ph("sample"):
-            batch = self.make_batch(step, idx, pos_rows, p)
-            draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
-        neg, uniq, fresh, cached = None, None, None, None
-        if draw.ids.numel() and bool((~draw.mask).any()):
-            if self.cfg.negative_grad == "none":  # the store's (stale) embeddings: no target-tower work
-                with ph("sample"):
-                    neg, cached = self.cached_negatives(draw, q.device)
-            else:
-                with ph("target_encode_neg"), self.autocast():
-                    neg, uniq, fresh = self.encode_drawn(draw)
-        with ph("loss_backward"):
-            kw = loss_inputs(self.loss_fn, q, p, m.logit_scale(), batch, draw, neg, self.cfg.inbatch,
-                             self.batcher.log_batch_count, share=self.cfg.share_negatives)
-            loss = self.loss_fn(**kw)
-            if not torch.isfinite(loss):
-                return self._diverged("the loss", loss.detach(), step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        if not self.optimizer_step(step):
+        loss, parts = self.negatives_and_loss(step, idx, pos_rows, q, p, self.embed_target_rows)
+        if parts is None or not self.optimizer_step(step):
             return float("nan")
-        self.update_store(step, batch, draw, p, uniq, fresh, cached)
-        return float(loss.detach())
+        self.update_store(step, *parts)
+        return loss
 
     def update_store(self, step: int, batch, draw, p, uniq, fresh, cached) -> None:
         """After the optimiser step: the write-back and the other refreshers, the sampler's bookkeeping."""
