@@ -60,11 +60,24 @@ def pool_positives(batch) -> torch.Tensor:
     """[B, B] bool: column j (the positive drawn for query j) is another positive of query i, counted once
     per distinct row and never i's own row (that one is ``pos``)."""
     pr = batch.pos_rows
-    b = len(pr)
-    hit = batch.positives.contains(pr.unsqueeze(0).expand(b, -1)).cpu() & (pr.unsqueeze(0) != pr.unsqueeze(1))
-    _, inv = pr.unique(return_inverse=True)
-    first = torch.full((int(inv.max()) + 1,), b, dtype=torch.long).scatter_reduce(0, inv, torch.arange(b), "amin")
-    return hit & (first[inv] == torch.arange(b)).unsqueeze(0)
+    return positive_terms(batch.positives, pr, pr, first_occurrence(pr))
+
+
+def first_occurrence(rows: torch.Tensor) -> torch.Tensor:
+    """[M] bool: True at the first position of each distinct row."""
+    _, inv = rows.unique(return_inverse=True)
+    m = len(rows)
+    first = torch.full((int(inv.max()) + 1 if m else 0,), m, dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(m), "amin")
+    return first[inv] == torch.arange(m)
+
+
+def positive_terms(positives, own: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[A, M] bool: pool column j (target ``rows[j]``, used only where ``keep[j]``) is a positive of anchor a
+    other than its own ``own[a]``. ``positives``: Exclusions of each anchor's positives."""
+    a = len(own)
+    hit = positives.contains(rows.unsqueeze(0).expand(a, -1)).cpu()
+    return hit & keep.cpu().unsqueeze(0) & (rows.unsqueeze(0) != own.unsqueeze(1))
 
 
 def all_inputs(loss, q, scale, batch, emb) -> dict:
