@@ -47,7 +47,17 @@ class TrainConfig:
                                   "query embeddings) | encode (re-encode every training query)"})
     memory: str = field(default="plain", metadata={"help": "plain | gradcache (the batch encoded in chunks without "
                         "a graph, the loss's embedding gradients cached, each chunk re-encoded and backpropagated: the "
-                        "full-batch gradient in the memory of one chunk)"})
+                        "full-batch gradient in the memory of one chunk) | accumulation (--accumulation micro-batches, "
+                        "each with its own in-batch negatives, gradients summed) | contaccum (accumulation with a dual "
+                        "memory bank of past query and target embeddings as extra negatives and anchors)"})
+    accumulation: int = field(default=1, metadata={"help": "micro-batches per optimiser step (--memory accumulation, "
+                              "contaccum); each has --batch-size / --accumulation queries"})
+    bank_size: int = field(default=0, metadata={"help": "contaccum: query/positive pairs kept in the bank, FIFO across "
+                           "optimiser steps (0: --batch-size)"})
+    bank: str = field(default="dual", metadata={"help": "contaccum: dual (past queries are anchors too) | passage (past "
+                      "targets as negatives only)"})
+    bank_warmup: int = field(default=0, metadata={"help": "contaccum: optimiser steps before the bank joins the loss "
+                             "(it fills from the start)"})
     chunk_size: int = field(default=0, metadata={"help": "rows per chunk: --negatives all targets (0: --eval-batch-size), "
                             "--memory gradcache (0: 32)"})
     num_negatives: int = field(default=8, metadata={"help": "negatives drawn per query by the sampler"})
@@ -260,7 +270,24 @@ def _validate(cfg: TrainConfig) -> None:
         checks.append((False, f"ngame_curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}"))
     checks.append((cfg.topk_k >= 1 and cfg.topk_alpha > 0 and cfg.triplet_hardest >= 1 and cfg.chunk_size >= 0,
                    "topk_k, triplet_hardest >= 1, topk_alpha > 0, chunk_size >= 0"))
-    checks.append((cfg.memory in ("plain", "gradcache"), "memory must be plain or gradcache"))
+    checks.append((cfg.memory in ("plain", "gradcache", "accumulation", "contaccum"),
+                   "memory must be plain, gradcache, accumulation or contaccum"))
+    checks.append((cfg.accumulation >= 1 and cfg.bank_size >= 0 and cfg.bank_warmup >= 0 and cfg.bank in ("dual", "passage"),
+                   "accumulation >= 1, bank_size and bank_warmup >= 0, bank dual or passage"))
+    checks.append((cfg.accumulation == 1 or cfg.memory in ("accumulation", "contaccum"),
+                   "--accumulation needs --memory accumulation or contaccum"))
+    checks.append((cfg.batch_size % cfg.accumulation == 0 and cfg.batch_size // cfg.accumulation >= 2,
+                   f"--batch-size {cfg.batch_size} must split into --accumulation {cfg.accumulation} micro-batches of "
+                   "at least 2 queries"))
+    checks.append((cfg.memory != "contaccum" or (cfg.inbatch and cfg.loss in ("softmax", "decoupled", "topk", "triplet")
+                                                 and not cfg.share_negatives),
+                   "--memory contaccum extends the in-batch pool: it needs in-batch negatives, --loss softmax, decoupled, "
+                   "topk or triplet, and no --share-negatives"))
+    checks.append((cfg.memory != "contaccum" or cfg.negatives in ("inbatch", "mined", "ance")
+                   or (cfg.negatives == "exact" and cfg.selection == "topk"),
+                   "--memory contaccum: the bank holds past batches' targets, whose inclusion probabilities are unknown, "
+                   "so it cannot be mixed with a corrected sampled softmax; use --negatives inbatch, mined, ance or "
+                   "exact --selection topk (or --memory gradcache for a large exact batch)"))
     checks.append((cfg.memory == "plain" or cfg.negatives != "all",
                    "--negatives all already encodes its targets in chunks; use it with --memory plain"))
     checks.append((cfg.negatives != "all" or cfg.loss in ("softmax", "decoupled", "topk", "triplet"),

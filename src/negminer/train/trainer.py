@@ -52,6 +52,17 @@ class Counters:
     skipped_steps: int = 0
 
 
+def tower_norm_ratio(model) -> dict:
+    """{"grad_norm_ratio": ||grad of the query tower|| / ||grad of the target tower||} (separate towers; {}
+    while the target tower has no gradient)."""
+    def norm(mod):
+        g = [p.grad.detach().float().norm() for p in mod.parameters() if p.grad is not None]
+        return float(torch.stack(g).norm()) if g else 0.0
+
+    t = norm(model.target_tower)
+    return {"grad_norm_ratio": norm(model.query_tower) / t} if t > 0 else {}
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,6 +155,12 @@ class Trainer:
         uses_store = self.store is not None and self.sampler.k and self.sampler.needs_store
         self.refreshers = build_refreshers(cfg, self.model.dim, self.tower_dropout) if uses_store else []
         self.step_stats: dict = {}  # this step's sampling stats (drawn_age), for the log
+        self.grad_stats: dict = {}  # query-tower / target-tower gradient norm (separate towers)
+        self.bank = None
+        if cfg.memory == "contaccum":
+            from negminer.memory.contaccum import MemoryBank
+
+            self.bank = MemoryBank(cfg.bank_size or cfg.batch_size, dual=cfg.bank == "dual")
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = adamw(
@@ -207,7 +224,7 @@ class Trainer:
 
     def last_stats(self) -> dict:
         """The last step's sampler and refresher statistics (staleness, drawn_age, nystrom_*)."""
-        out = {**self.sampler.last_stats, **self.step_stats}
+        out = {**self.sampler.last_stats, **self.step_stats, **self.grad_stats}
         for r in self.refreshers:
             out.update(r.stats)
         return out
@@ -226,8 +243,10 @@ class Trainer:
             ex.update(self.dups.get(r, ()))
         return ex
 
-    def make_batch(self, step: int, idx, pos_rows, pos_emb) -> Batch:
+    def make_batch(self, step: int, idx, pos_rows, pos_emb, micro: int = 0) -> Batch:
         seed = self.cfg.seed * 1_000_003 + step + 500_009
+        if micro:  # the k-th micro-batch of an accumulated step: its own draws
+            seed = int(np.random.SeedSequence([self.cfg.seed, step, micro, 41]).generate_state(1, np.uint64)[0] >> 1)
         g = torch.Generator().manual_seed(seed)
         dev = self.store.scoring_device if self.store is not None else torch.device("cpu")
         dg = torch.Generator(device=dev).manual_seed(seed) if dev.type != "cpu" else None
@@ -249,13 +268,17 @@ class Trainer:
         with self.autocast():
             return self.model.embed_targets(self.target_features(rows))
 
-    def negatives_and_loss(self, step: int, idx, pos_rows, q, p, embed_rows):
+    def negatives_and_loss(self, step: int, idx, pos_rows, q, p, embed_rows, micro: int = 0, weight: float = 1.0,
+                           extend=None, log_batch_count=None):
         """Sample, embed the drawn rows with ``embed_rows(rows) -> [len, d]`` (each distinct usable row once,
         with gradient; masked slots get zeros), compute the loss and backpropagate it. Returns (loss, the step's
-        pieces for ``update_store``), or (nan, None) for a skipped step."""
+        pieces for ``update_store``), or (nan, None) for a skipped step.
+        Accumulation: micro-batch ``micro`` (gradients zeroed at 0) backpropagates ``weight`` x its loss;
+        ``extend(kw, batch) -> kw`` adds to the loss inputs (ContAccum's bank); ``log_batch_count`` replaces the
+        batcher's (a micro-batch's in-batch pool is smaller)."""
         ph = self.phases
         with ph("sample"):
-            batch = self.make_batch(step, idx, pos_rows, p)
+            batch = self.make_batch(step, idx, pos_rows, p, micro)
             draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
         neg, uniq, fresh, cached = None, None, None, None
         if draw.ids.numel() and bool((~draw.mask).any()):
@@ -272,12 +295,15 @@ class Trainer:
                 neg[ok.to(neg.device)] = fresh[inv.to(fresh.device)]
         with ph("loss_backward"):
             kw = loss_inputs(self.loss_fn, q, p, self.model.logit_scale(), batch, draw, neg, self.cfg.inbatch,
-                             self.batcher.log_batch_count, share=self.cfg.share_negatives)
+                             log_batch_count or self.batcher.log_batch_count, share=self.cfg.share_negatives)
+            if extend is not None:
+                kw = extend(kw, batch)
             loss = self.loss_fn(**kw)
             if not torch.isfinite(loss):
                 return self._diverged("the loss", loss.detach(), step), None
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if micro == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            (loss * weight if weight != 1.0 else loss).backward()
         return float(loss.detach()), (batch, draw, p, uniq, fresh, cached)
 
     def _diverged(self, what: str, value, step: int) -> float:
@@ -302,6 +328,10 @@ class Trainer:
             from negminer.memory.gradcache import gradcache_step
 
             return gradcache_step(self, step, idx, pos_rows)
+        if self.cfg.memory in ("accumulation", "contaccum"):
+            from negminer.memory.accumulation import accumulation_step
+
+            return accumulation_step(self, step, idx, pos_rows)
         m, ph = self.model, self.phases
         with ph("query_encode"), self.autocast():
             q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in idx]))
@@ -348,6 +378,8 @@ class Trainer:
             for x in params:  # AdamW wants them dense: once per step
                 if x.grad.is_sparse:
                     x.grad = x.grad.to_dense()
+            if not self.model.shared:  # the towers' balance (ContAccum, Kim et al. 2024, sec. 4)
+                self.grad_stats = tower_norm_ratio(self.model)
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
             if not torch.isfinite(norm):
                 self._diverged("the gradient norm", norm, step)
@@ -449,6 +481,9 @@ class Trainer:
         for r in self.refreshers:
             t, m = r.state()
             tensors, meta = {**tensors, **t}, {**meta, **({f"refresher.{r.name}": m} if m else {})}
+        if self.bank is not None:
+            t, m = self.bank.state()
+            tensors, meta = {**tensors, **t}, {**meta, "bank": m}
         save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
                         sampler_meta=meta)
         self.last_checkpoint_step = self.step
@@ -470,6 +505,8 @@ class Trainer:
         for r in self.refreshers:
             if f"refresher.{r.name}" in st.get("sampler", {}):
                 r.load_state(extra, st["sampler"][f"refresher.{r.name}"])
+        if self.bank is not None:
+            self.bank.load_state(extra, st.get("sampler", {}).get("bank", {}), self.device)
         self.counters = Counters(**st["counters"])
         self.scheduler.last_epoch = st["scheduler_last_epoch"]
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
