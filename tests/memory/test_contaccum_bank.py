@@ -49,7 +49,7 @@ def scenario(seed, dual, with_neg):
     for qi, rows, nrows in (([0, 1, 2], [0, 1, 2], [38, 25, 22]), ([3, 4, 5], [3, 24, 5], [10, 25, 34]),
                             ([6, 18], [6, 38], [33, 4, 39])):
         bank.push(torch.randn(len(qi), d, generator=g), torch.randn(len(qi), d, generator=g), rows, qi,
-                  torch.randn(len(nrows), d, generator=g), nrows)
+                  torch.randn(len(nrows), d, generator=g), nrows, [exclude(i) for i in qi], [POS[i] for i in qi])
     local_q = [10, 11, 18, 14]
     local_rows = [10, 11, 18, 14]  # 10 is also in the bank (the fresh copy wins); 34 in the bank is 14's other
     # positive, 22 and 4 the bank queries 2's and 4's; 39 in the bank duplicates 18's positive 38
@@ -95,7 +95,7 @@ def test_softmax_with_the_bank_equals_the_brute_force(dual, with_neg):
     k = 2 if with_neg else 0
     draw = Draw(torch.tensor([[30, 31]] * 4), torch.zeros(4, 2, dtype=torch.bool)) if with_neg else Draw.empty(4)
     kw = loss_inputs(SoftmaxLoss(), q, p, 3.0, batch, draw, neg)
-    out = bank.extend(kw, batch, exclude, POS.__getitem__, N)
+    out = bank.extend(kw, batch, N)
     got = SoftmaxLoss()(**{k_: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
                            for k_, v in out.items()})
     want = brute(bank, local_q, local_rows, q, p, neg, 3.0, dual)
@@ -113,8 +113,7 @@ def test_memory_anchors_give_the_target_tower_gradient_and_the_loss_its_mean():
         bank, local_q, local_rows, q, p, _ = scenario(2, dual, False)
         excl = Exclusions([exclude(i) for i in local_q], N)
         batch = Batch(0, torch.tensor(local_rows), excl, p.detach(), torch.Generator(), 3.0)
-        kw = bank.extend(loss_inputs(SoftmaxLoss(), q, p, 3.0, batch, Draw.empty(4), None), batch, exclude,
-                         POS.__getitem__, N)
+        kw = bank.extend(loss_inputs(SoftmaxLoss(), q, p, 3.0, batch, Draw.empty(4), None), batch, N)
         loss = SoftmaxLoss()(**{k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
                                 for k, v in kw.items()})
         outs[dual] = torch.autograd.grad(loss * len(kw["q"]), (q, p))  # summed over anchors
@@ -133,7 +132,7 @@ def test_pool_positives_with_the_bank():
     batch = Batch(0, torch.tensor(local_rows), Exclusions([exclude(i) for i in local_q], N), p.detach(),
                   torch.Generator(), 3.0, positives=positives)
     loss = build_loss("decoupled")
-    out = bank.extend(loss_inputs(loss, q, p, 3.0, batch, Draw.empty(4), None), batch, exclude, POS.__getitem__, N)
+    out = bank.extend(loss_inputs(loss, q, p, 3.0, batch, Draw.empty(4), None), batch, N)
     rows = local_rows + torch.cat([bank.p_rows, bank.n_rows]).tolist()
     kept = [True] * 4 + [r not in local_rows and r not in rows[j + 1:] for j, r in enumerate(rows) if j >= 4]
     anchors = list(zip(local_q, local_rows)) + list(zip(bank.q_idx.tolist(), bank.p_rows.tolist()))

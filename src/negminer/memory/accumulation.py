@@ -32,7 +32,7 @@ def accumulation_step(tr, step: int, idx, pos_rows) -> float:
     extend = None
     if bank is not None and step >= tr.cfg.bank_warmup:
         def extend(kw, batch):
-            return bank.extend(kw, batch, tr.exclude, tr.pos_sets.__getitem__, tr.dataset.num_targets)
+            return bank.extend(kw, batch, tr.dataset.num_targets)
     total, pieces = 0.0, []
     for j in range(k):
         mi, mp = idx[j * b:(j + 1) * b], pos_rows[j * b:(j + 1) * b]
@@ -49,7 +49,8 @@ def accumulation_step(tr, step: int, idx, pos_rows) -> float:
             return loss
         if bank is not None:
             with ph("loss_backward"):
-                bank.push(q, p, mp, mi, *drawn_embeddings(tr, parts))
+                bank.push(q, p, mp, mi, *drawn_embeddings(tr, parts), exclude=[tr.exclude(i) for i in mi],
+                          positives=[tr.pos_sets[i] for i in mi])
         total += loss / k
         pieces.append(parts)
     if not tr.optimizer_step(step):

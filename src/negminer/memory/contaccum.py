@@ -36,9 +36,10 @@ def newest_occurrence(rows: torch.Tensor) -> torch.Tensor:
 
 
 class MemoryBank:
-    """FIFO of (query, positive) embedding pairs and their drawn negatives, kept across steps."""
+    """FIFO of (query, positive) embedding pairs and their drawn negatives, kept across steps. Each pair also
+    keeps its query's excluded rows and positives (as (pair number, row) lists), for masks without Python loops."""
 
-    names = ("q", "p", "p_rows", "q_idx", "tags", "n", "n_rows", "n_tags")
+    names = ("q", "p", "p_rows", "q_idx", "seq", "n", "n_rows", "n_seq", "ex_seq", "ex_rows", "pp_seq", "pp_rows")
 
     def __init__(self, size: int, dual: bool = True):
         self.size, self.dual, self.pushes = size, dual, 0
@@ -48,31 +49,46 @@ class MemoryBank:
     def __len__(self) -> int:
         return 0 if self.q is None else len(self.q)
 
-    def push(self, q, p, pos_rows, q_idx, neg=None, neg_rows=None) -> None:
+    def push(self, q, p, pos_rows, q_idx, neg=None, neg_rows=None, exclude=None, positives=None) -> None:
         """Enqueue a micro-batch (embeddings detached, float32); the oldest pairs fall out, and with them
-        the negatives drawn for them."""
-        tag = torch.full((len(q),), self.pushes, dtype=torch.long)
+        a micro-batch's negatives with its last pair. ``exclude`` / ``positives``: per query, its never-negative rows and its
+        positive rows (default: its own positive)."""
+        first = 0 if self.seq is None or not len(self.seq) else int(self.seq[-1]) + 1
+        seq = torch.arange(first, first + len(q))
         self.pushes += 1
-        new = {"q": q.detach().float(), "p": p.detach().float(), "p_rows": torch.as_tensor(pos_rows).long().cpu(),
-               "q_idx": torch.as_tensor(q_idx).long().cpu(), "tags": tag}
+        own = [{int(r)} for r in pos_rows]
+
+        def pairs(sets):
+            s = [(int(a), int(r)) for a, rows in zip(seq, sets) for r in rows]
+            return torch.tensor([a for a, _ in s], dtype=torch.long), torch.tensor([r for _, r in s], dtype=torch.long)
+
+        ex_seq, ex_rows = pairs(exclude or own)
+        pp_seq, pp_rows = pairs(positives or own)
         if neg is None:
             neg, neg_rows = q.new_zeros(0, q.shape[-1]), torch.zeros(0, dtype=torch.long)
-        new.update(n=neg.detach().float(), n_rows=torch.as_tensor(neg_rows).long().cpu(),
-                   n_tags=torch.full((len(neg),), self.pushes - 1, dtype=torch.long))
+        new = {"q": q.detach().float(), "p": p.detach().float(), "p_rows": torch.as_tensor(pos_rows).long().cpu(),
+               "q_idx": torch.as_tensor(q_idx).long().cpu(), "seq": seq, "n": neg.detach().float(),
+               "n_rows": torch.as_tensor(neg_rows).long().cpu(), "n_seq": torch.full((len(neg),), int(seq[-1])),
+               "ex_seq": ex_seq, "ex_rows": ex_rows, "pp_seq": pp_seq, "pp_rows": pp_rows}
         for k, v in new.items():
             old = getattr(self, k)
             setattr(self, k, v if old is None else torch.cat([old, v.to(old.device)]))
-        cut = max(0, len(self.q) - self.size)
-        for k in ("q", "p", "p_rows", "q_idx", "tags"):
-            setattr(self, k, getattr(self, k)[cut:])
-        alive = self.n_tags >= (self.tags[0] if len(self.tags) else self.pushes)
-        for k in ("n", "n_rows", "n_tags"):
-            setattr(self, k, getattr(self, k)[alive.to(getattr(self, k).device)])
+        start = int(self.seq[max(0, len(self.seq) - self.size)])  # the oldest pair kept
+        for k in ("q", "p", "p_rows", "q_idx", "seq"):
+            setattr(self, k, getattr(self, k)[-self.size:])
+        for group in (("n", "n_rows", "n_seq"), ("ex_rows", "ex_seq"), ("pp_rows", "pp_seq")):
+            alive = getattr(self, group[-1]) >= start
+            for k in group:
+                t = getattr(self, k)
+                setattr(self, k, t[alive.to(t.device)])
 
-    def extend(self, kw: dict, batch, exclude, positives, num_targets: int) -> dict:
+    def _sets(self, which: str, n: int) -> Exclusions:
+        s, rows = (self.ex_seq, self.ex_rows) if which == "exclude" else (self.pp_seq, self.pp_rows)
+        return Exclusions.from_pairs(s - self.seq[0], rows, len(self), n)
+
+    def extend(self, kw: dict, batch, num_targets: int) -> dict:
         """The loss inputs of a micro-batch (``kw`` from losses.inputs, in-batch pool included) with the
-        bank's candidates and, for the dual bank, its anchors. ``exclude(i)`` / ``positives(i)``: sets of
-        rows of training query i (never negatives / its positives)."""
+        bank's candidates and, for the dual bank, its anchors."""
         if not len(self):
             return kw
         if kw.get("neg_log_pi") is not None or kw.get("pool_log_pi") is not None:
@@ -89,8 +105,7 @@ class MemoryBank:
         masks = [torch.cat([kw["pool_mask"].cpu(), batch.excl.contains(rows.expand(b, -1)).cpu() | ~keep], 1)]
         if self.dual:
             m = len(self.q)
-            qi = self.q_idx.tolist()
-            mm = Exclusions([exclude(i) for i in qi], num_targets).contains(every.expand(m, -1)).cpu()
+            mm = self._sets("exclude", num_targets).contains(every.expand(m, -1)).cpu()
             mm[:, b:] |= ~keep
             masks.append(mm)
             out["q"] = torch.cat([q.float(), self.q.to(dev)])
@@ -105,8 +120,7 @@ class MemoryBank:
             keep_all = torch.cat([first_occurrence(local), keep])
             pp = [positive_terms(batch.positives, local, every, keep_all)]
             if self.dual:
-                pp.append(positive_terms(Exclusions([positives(i) for i in self.q_idx.tolist()], num_targets),
-                                         self.p_rows, every, keep_all))
+                pp.append(positive_terms(self._sets("positives", num_targets), self.p_rows, every, keep_all))
             out["pool_pos"] = torch.cat(pp).to(dev)
         return out
 

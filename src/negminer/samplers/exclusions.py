@@ -25,6 +25,15 @@ class Exclusions:
         self.key = (qi * (n + 1) + rows).unique()  # sorted, one per pair
         self.qi, self.rows = self.key // (n + 1), self.key % (n + 1)
 
+    @classmethod
+    def from_pairs(cls, qi: torch.Tensor, rows: torch.Tensor, b: int, n: int) -> "Exclusions":
+        """From (query, row) pairs as tensors (no Python loop over the sets)."""
+        out = object.__new__(cls)
+        out.b, out.n, out.device = b, n, qi.device
+        out.key = (qi.long() * (n + 1) + rows.long()).unique()
+        out.qi, out.rows = out.key // (n + 1), out.key % (n + 1)
+        return out
+
     def to(self, device) -> "Exclusions":
         device = torch.device(device)
         if device == self.device:
