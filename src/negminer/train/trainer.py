@@ -304,7 +304,8 @@ class Trainer:
             if micro == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             (loss * weight if weight != 1.0 else loss).backward()
-        return float(loss.detach()), (batch, draw, p, uniq, fresh, cached)
+        # detached: a piece kept after backward must not keep the graph's nodes alive (accumulation keeps K)
+        return float(loss.detach()), (batch, draw, p.detach(), uniq, None if fresh is None else fresh.detach(), cached)
 
     def _diverged(self, what: str, value, step: int) -> float:
         if self.cfg.on_nan == "stop":
