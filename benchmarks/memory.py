@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         print(f"skipped: {SHARED_DATA / 'gcide-rd'} not found (the shared/ folder beside the repo)")
         return 0
     prov, rows = provenance(), []
-    plan = [("plain", b) for b in args.batches if b <= args.plain_max] + [
+    plan = [("plain", b) for b in args.batches if b <= args.plain_max and "plain" in args.methods] + [
         (m, b) for m in args.methods for b in args.batches if m != "plain"]
     for method, b in plan:
         p = subprocess.run([sys.executable, __file__, "--row", method, str(b), str(args.chunk_size)],
@@ -118,6 +118,11 @@ def main(argv=None) -> int:
         else:
             rows.append({**json.loads(p.stdout.strip().splitlines()[-1]), **prov})
         print(table([rows[-1]]).splitlines()[2], flush=True)
+    jf = RESULTS / "memory.json"
+    if jf.exists():  # rows of methods or batches not rerun stay, in their order
+        new = {(r["method"], r["effective_batch"]): r for r in rows}
+        rows = [new.pop((r["method"], r["effective_batch"]), r) for r in json.loads(jf.read_text()).get("rows", [])]
+        rows += list(new.values())
     save(rows=rows)
     print("\n" + table(rows))
     return 0
