@@ -45,9 +45,16 @@ def cmd_train(args) -> int:
     cfg = resolve(flags, base)
     if not args.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-    metrics = Trainer(cfg).run(resume=args.resume)
-    print(format_comparison(metrics))
-    print(f"run directory: {cfg.out}")
+    from negminer import dist
+
+    d = dist.init_from_env(cfg.dist_timeout, cfg.device)  # under torchrun: join the other ranks
+    try:
+        metrics = Trainer(cfg).run(resume=args.resume)
+    finally:
+        dist.shutdown()
+    if d.main:
+        print(format_comparison(metrics))
+        print(f"run directory: {cfg.out}")
     return 0
 
 

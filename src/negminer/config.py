@@ -114,6 +114,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of the steps if < 1, else steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
+    dist_timeout: float = field(default=1800.0, metadata={"help": "torchrun: seconds a collective may wait for "
+                                "the other ranks before the run stops with an error (a rank died)"})
     on_nan: str = field(default="stop", metadata={"help": "a non-finite loss or gradient: stop (exit 3, last checkpoint kept) | skip the step"})
     seed: int = 42
     query_max_length: int = field(default=32, metadata={"help": "query tower max tokens"})
@@ -270,6 +272,7 @@ def _validate(cfg: TrainConfig) -> None:
         checks.append((False, f"ngame_curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}"))
     checks.append((cfg.topk_k >= 1 and cfg.topk_alpha > 0 and cfg.triplet_hardest >= 1 and cfg.chunk_size >= 0,
                    "topk_k, triplet_hardest >= 1, topk_alpha > 0, chunk_size >= 0"))
+    checks.append((cfg.dist_timeout > 0, "dist_timeout must be positive"))
     checks.append((cfg.memory in ("plain", "gradcache", "accumulation", "contaccum"),
                    "memory must be plain, gradcache, accumulation or contaccum"))
     checks.append((cfg.accumulation >= 1 and cfg.bank_size >= 0 and cfg.bank_warmup >= 0 and cfg.bank in ("dual", "passage"),

@@ -100,8 +100,9 @@ class NgameBatcher(RandomBatcher):
             return -1
         return self.warmup + (epoch - self.warmup) // self.every * self.every
 
-    def prepare(self, step: int, encode) -> None:
-        """Before ``step``: build the clusters its epoch needs (``encode(idx) -> [m, d]``, counted by the caller)."""
+    def prepare(self, step: int, encode, dist=None) -> None:
+        """Before ``step``: build the clusters its epoch needs (``encode(idx) -> [m, d]``, counted by the caller).
+        Under torchrun (``dist``) rank 0 clusters and broadcasts: every rank batches alike."""
         epoch, _ = self.position(step)
         due = self.clusters_epoch(epoch)
         if due < 0 or due == self.labels_epoch or all(self.size_at(e) == 1 for e in range(due, due + self.every)):
@@ -117,7 +118,10 @@ class NgameBatcher(RandomBatcher):
             self.stats = {"ngame_encoded": len(missing)}
         self.emb = x.float().cpu()
         self.seen = torch.zeros(self.n, dtype=torch.bool)
-        self.labels = balanced_clusters(self.emb, self.cluster_size, self.seed * 1_000_003 + due)
+        on = dist is not None and dist.on
+        labels = balanced_clusters(self.emb, self.cluster_size, self.seed * 1_000_003 + due) \
+            if not on or dist.main else None
+        self.labels = dist.broadcast(labels, (self.n,), torch.long) if on else labels
         self.labels_epoch = due
 
     def record(self, idx, q: torch.Tensor) -> None:

@@ -47,7 +47,7 @@ class RandomBatcher:
             self._perm_epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
-    def prepare(self, step: int, encode) -> None:
+    def prepare(self, step: int, encode, dist=None) -> None:
         """Before each step (clustering batchers build their clusters here)."""
 
     def record(self, idx, q: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -112,9 +112,17 @@ class Trainer:
         from negminer.data.load import load_dataset
         from negminer.encoders import build_encoder
 
+        from negminer import dist
+
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
+        self.dist = dist.current()
         self.device = pick_device(cfg.device)
+        if self.dist.on and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.on and (cfg.memory in ("accumulation", "contaccum") or cfg.negatives == "all"):
+            raise ConfigError("under torchrun: --memory plain or gradcache, and a sampler other than --negatives all "
+                              "(accumulation, ContAccum and all-label negatives run in one process for now)")
         self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_encoder(
@@ -132,10 +140,12 @@ class Trainer:
         self.pos_lists = [sorted(pos[q]) for q in self.qids]
         self.query_texts = [self.dataset.query_texts[self.dataset.query_index[q]] for q in self.qids]
         self.target_inputs = self.dataset.target_inputs()
-        if cfg.batch_size > len(self.qids):
-            raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(self.qids)} training queries "
-                              f"of {self.dataset.name}/{cfg.train_split}")
-        self.batcher = build_batcher(cfg, len(self.qids), self.pos_lists, self.dataset.num_targets)
+        self.global_batch = cfg.batch_size * self.dist.world  # --batch-size is per rank
+        if self.global_batch > len(self.qids):
+            raise ConfigError(f"--batch-size {cfg.batch_size} x {self.dist.world} processes is larger than the "
+                              f"{len(self.qids)} training queries of {self.dataset.name}/{cfg.train_split}")
+        self.batcher = build_batcher(replace(cfg, batch_size=self.global_batch), len(self.qids), self.pos_lists,
+                                     self.dataset.num_targets)
         self.total_steps = cfg.total_steps(self.batcher.batches_per_epoch)
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_options())
         mined = None
@@ -181,6 +191,8 @@ class Trainer:
         path = cfg.store_path or None
         if path is None and cfg.store_max_ram_mb and nbytes > cfg.store_max_ram_mb * 2**20:
             path = str(self.run_dir / "store.npy")
+        if path is not None and self.dist.on:  # each rank keeps its own copy (dist.py: replicated)
+            path = str(Path(path).with_suffix(f".rank{self.dist.rank}.npy"))
         device = torch.device("cpu")
         if path is None:
             if cfg.store_device.startswith("cuda"):
@@ -213,8 +225,20 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
 
     def encode_rows(self, rows, step: int) -> torch.Tensor:
-        """Re-encode store rows without gradient (eval mode, the training autocast); counted."""
-        return self.store.encode(rows, self.model, step, batch_size=self.cfg.eval_batch_size, autocast=self.autocast())
+        """Re-encode store rows without gradient (eval mode, the training autocast); counted. Under torchrun
+        each rank encodes its share of every chunk and the shares are gathered into every rank's store."""
+        d, bs = self.dist, self.cfg.eval_batch_size
+        if not d.on:
+            return self.store.encode(rows, self.model, step, batch_size=bs, autocast=self.autocast())
+        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long).cpu()
+        out, chunk = torch.zeros(0, self.store.dim), 16384
+        for s in range(0, len(rows), chunk):
+            part = rows[s:s + chunk]
+            mine = self.store.embed(part[d.share(len(part))], self.model, bs, autocast=self.autocast())
+            out = d.gather(mine.to(self.device), len(part)).cpu()
+            self.store.write(part, out, step)
+            self.store.target_encodes += len(part)  # the ranks' shares together
+        return out if len(rows) <= chunk else None
 
     def setup_sampler(self) -> None:
         if self.store is not None:
@@ -264,9 +288,24 @@ class Trainer:
         return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
 
     def embed_target_rows(self, rows) -> torch.Tensor:
-        """With-gradient target embeddings of store rows (the training autocast)."""
+        """With-gradient target embeddings of store rows (the training autocast); under torchrun each rank
+        encodes its share of ``rows`` and the shares are gathered (dist.py)."""
+        d = self.dist
+        return d.gather(self.embed_target_rows_local(rows[d.share(len(rows))] if d.on else rows), len(rows))
+
+    def embed_target_rows_local(self, rows) -> torch.Tensor:
+        if len(rows) == 0:  # a rank without a share
+            return torch.zeros(0, self.model.dim, device=self.device)
         with self.autocast():
             return self.model.embed_targets(self.target_features(rows))
+
+    def embed_training_queries(self, idx) -> torch.Tensor:
+        """With-gradient embeddings of training queries ``idx`` (this rank's share, gathered under torchrun)."""
+        d, m = self.dist, self.model
+        mine = idx[d.share(len(idx))] if d.on else idx
+        with self.autocast():
+            q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in mine]))
+        return d.gather(q, len(idx))
 
     def negatives_and_loss(self, step: int, idx, pos_rows, q, p, embed_rows, micro: int = 0, weight: float = 1.0,
                            extend=None, log_batch_count=None):
@@ -322,8 +361,9 @@ class Trainer:
     def train_step(self, step: int) -> float:
         """One optimiser step; returns the loss (nan for a skipped step)."""
         with self.phases("batching"):
-            self.batcher.prepare(step, self.encode_training_queries)
-        torch.manual_seed(self.cfg.seed * 1_000_003 + step)  # dropout etc.: a function of the step
+            self.batcher.prepare(step, self.encode_training_queries, self.dist)
+        # dropout etc.: a function of the step (and of the rank, whose rows are other rows)
+        torch.manual_seed(self.cfg.seed * 1_000_003 + step + 7_777_777 * self.dist.rank)
         idx, pos_rows = self._batch(step)
         if self.cfg.memory == "gradcache":
             from negminer.memory.gradcache import gradcache_step
@@ -333,9 +373,9 @@ class Trainer:
             from negminer.memory.accumulation import accumulation_step
 
             return accumulation_step(self, step, idx, pos_rows)
-        m, ph = self.model, self.phases
-        with ph("query_encode"), self.autocast():
-            q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in idx]))
+        ph = self.phases
+        with ph("query_encode"):
+            q = self.embed_training_queries(idx)
         self.counters.query_encodes += len(idx)
         self.batcher.record(idx, q)
         if self.sampler.all_targets:
@@ -379,9 +419,13 @@ class Trainer:
             for x in params:  # AdamW wants them dense: once per step
                 if x.grad.is_sparse:
                     x.grad = x.grad.to_dense()
-            if not self.model.shared:  # the towers' balance (ContAccum, Kim et al. 2024, sec. 4)
-                self.grad_stats = tower_norm_ratio(self.model)
+            # under torchrun every rank gets the global gradient (dist.py): one all-reduce per step. The ranks
+            # run the same graph on their shares (each has queries and positives), so the same parameters have one
+            self.dist.all_reduce_grads(params)
+            # the towers' balance (ContAccum, Kim et al. 2024, sec. 4) when they are separate
+            self.grad_stats = tower_norm_ratio(self.model) if not self.model.shared else {}
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
+            self.grad_stats["grad_norm"] = float(norm)  # before clipping
             if not torch.isfinite(norm):
                 self._diverged("the gradient norm", norm, step)
                 return False
@@ -422,11 +466,13 @@ class Trainer:
 
     def encode_training_queries(self, idx) -> torch.Tensor:
         """Eval-mode embeddings of training queries ``idx`` (the batcher's clustering), counted."""
+        from negminer.dist import Sharded
+
         was = self.model.training
         self.model.eval()
-        with torch.no_grad(), self.autocast():
-            out = self.model.encode_queries([self.query_texts[int(i)] for i in idx], batch_size=self.cfg.eval_batch_size,
-                                            progress=False)
+        with torch.no_grad(), self.autocast():  # under torchrun each rank encodes its share
+            out = (Sharded(self.model, self.dist) if self.dist.on else self.model).encode_queries(
+                [self.query_texts[int(i)] for i in idx], batch_size=self.cfg.eval_batch_size, progress=False)
         self.model.train(was)
         self.counters.query_encodes += len(idx)
         return torch.as_tensor(out).float()
@@ -461,10 +507,14 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self, out_dir=None) -> dict:
+        """Every rank encodes its share of the corpus and queries (dist.Sharded); only rank 0 writes."""
+        from negminer.dist import Sharded
         from negminer.eval.evaluate import evaluate
 
-        return evaluate(self.model, self.dataset, split=self.cfg.eval_split, batch_size=self.cfg.eval_batch_size,
-                        progress=not self.cfg.quiet, out_dir=out_dir)
+        d = self.dist
+        return evaluate(Sharded(self.model, d) if d.on else self.model, self.dataset, split=self.cfg.eval_split,
+                        batch_size=self.cfg.eval_batch_size, progress=not self.cfg.quiet and d.main,
+                        out_dir=out_dir if d.main else None)
 
     # ---- run directory --------------------------------------------------------------------
     def _state(self) -> dict:
@@ -472,7 +522,8 @@ class Trainer:
         return {"step": self.step, "epoch": epoch, "batch_in_epoch": batch, "total_steps": self.total_steps,
                 "scheduler_last_epoch": self.scheduler.last_epoch, "seconds": self.seconds,
                 "phase_seconds": dict(self.phases.seconds),
-                "counters": vars(self.counters).copy(), "seed": self.cfg.seed,
+                "counters": vars(self.counters).copy(), "seed": self.cfg.seed, "world_size": self.dist.world,
+                "global_batch": self.global_batch,
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
     def save(self) -> None:
@@ -485,8 +536,10 @@ class Trainer:
         if self.bank is not None:
             t, m = self.bank.state()
             tensors, meta = {**tensors, **t}, {**meta, "bank": m}
-        save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
-                        sampler_meta=meta)
+        if self.dist.main:  # the ranks' states are the same (dist.py): rank 0 writes them
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
+                            sampler_meta=meta)
+        self.dist.barrier()
         self.last_checkpoint_step = self.step
 
     def resume(self) -> bool:
@@ -494,6 +547,10 @@ class Trainer:
         if ckpt is None:
             return False
         st, extra = load_checkpoint(ckpt, self.model, self.optimizer)
+        if st.get("global_batch", self.global_batch) != self.global_batch:
+            raise ConfigError(f"{ckpt}: saved with a global batch of {st['global_batch']} ({st.get('world_size', 1)} "
+                              f"processes); this run has {self.global_batch} ({self.dist.world} x --batch-size "
+                              f"{self.cfg.batch_size}): resume with the same product of processes and --batch-size")
         self.step, self.seconds = st["step"], st["seconds"]
         self.phases = PhaseTimer(self.device, st.get("phase_seconds"))
         self.last_checkpoint_step = self.step
@@ -513,26 +570,33 @@ class Trainer:
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             g["lr"] = lr0 * f(self.scheduler.last_epoch)
         # drop log rows written after the checkpoint (the run was killed between checkpoints)
-        rows = [r for r in read_jsonl(self.run_dir / "train_log.jsonl") if r.get("step", 0) <= self.step]
-        atomic_write_text(self.run_dir / "train_log.jsonl", "".join(_jsonl(r) for r in rows))
+        if self.dist.main:
+            rows = [r for r in read_jsonl(self.run_dir / "train_log.jsonl") if r.get("step", 0) <= self.step]
+            atomic_write_text(self.run_dir / "train_log.jsonl", "".join(_jsonl(r) for r in rows))
         return True
 
     def _log(self, row: dict) -> None:
+        if not self.dist.main:
+            return
         with open(self.run_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
             f.write(_jsonl(row))
 
     def run(self, resume: bool = False) -> dict:
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in remove_stale_temps(self.run_dir):  # a save killed half-way
-            if not cfg.quiet:
-                print(f"removed {leftover.name}, left by an interrupted save", file=sys.stderr)
+        cfg, main = self.cfg, self.dist.main  # under torchrun only rank 0 writes the run folder and evaluates
+        quiet = cfg.quiet or not main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in remove_stale_temps(self.run_dir):  # a save killed half-way
+                if not quiet:
+                    print(f"removed {leftover.name}, left by an interrupted save", file=sys.stderr)
+        self.dist.barrier()
         resumed = self.resume() if resume else False
-        if resume and not resumed and not cfg.quiet:
+        if resume and not resumed and not quiet:
             print(f"no checkpoint in {self.run_dir}: starting from scratch", file=sys.stderr)
-        if not resumed:
+        if main and not resumed:
             (self.run_dir / "train_log.jsonl").unlink(missing_ok=True)
-        save_config(cfg, self.run_dir)
+        if main:
+            save_config(cfg, self.run_dir)
         zs_path = self.run_dir / "zero_shot.json"
         zero_shot = None
         if cfg.zero_shot:
@@ -542,8 +606,9 @@ class Trainer:
                 zero_shot = json.loads(zs_path.read_text())
             else:
                 zero_shot = self.evaluate()
-                atomic_write_json(zs_path, zero_shot)
-                if not cfg.quiet:
+                if main:
+                    atomic_write_json(zs_path, zero_shot)
+                if not quiet:
                     print("zero-shot: " + _fmt(zero_shot), file=sys.stderr)
         before = self.phases.seconds["setup"]
         with self.phases("setup"):  # the store's first fill, indexes: training work, counted in the time
@@ -552,26 +617,30 @@ class Trainer:
         self.model.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=cfg.quiet, desc="train", unit="step",
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, desc="train", unit="step",
                    dynamic_ncols=True)
         self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds if cfg.eval_every_seconds else 0
         t0 = time.perf_counter() - self.seconds
         pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
+        die = (int(os.environ.get("NEGMINER_DIE_AT_STEP", "-1")), int(os.environ.get("NEGMINER_DIE_RANK", "0")))
         while self.step < self.total_steps and not self.out_of_time():
+            if (self.step, self.dist.rank) == die:  # tests: a rank killed mid-run
+                os._exit(17)
             loss = self.train_step(self.step)
             if pause:
                 time.sleep(pause)
             self.step += 1
-            self.seconds = time.perf_counter() - t0
+            self.seconds = self.dist.agree(time.perf_counter() - t0)  # rank 0's clock decides budgets and evals
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             row = None
             if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
                 row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
                        "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
+                       **({"world_size": self.dist.world} if self.dist.on else {}),
                        "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
                        **{k: round(v, 6) for k, v in self.last_stats().items()}}
-            for hook in self.hooks:
+            for hook in self.hooks if main else ():
                 extra = hook.on_step(self, self.step)
                 if extra:
                     row = dict(row or {"step": self.step}, **extra)
@@ -587,16 +656,22 @@ class Trainer:
                 self.save()
         bar.close()
         self.save()
-        self.model.save(self.run_dir / "model")
+        if main:
+            self.model.save(self.run_dir / "model")
         final = self.evaluate(out_dir=self.run_dir)
+        if not main:  # rank 0 writes the metrics
+            self.dist.barrier()
+            return {**final, "train": {"steps": self.step, **self.work(), "world_size": self.dist.world}}
         metrics = dict(final)  # METRIC_KEYS, and the XMC metrics for multi-label data
         if zero_shot is not None:
             metrics["zero_shot"] = dict(zero_shot)
         metrics["train"] = {"steps": self.step, **self.work(), "seconds": round(self.seconds, 2),
                             "negatives": cfg.negatives, "loss": cfg.loss, "time_budget": cfg.time_budget or None,
                             "stopped_by": "time_budget" if self.step < self.total_steps else "steps",
-                            "phases": self.phases.rounded(), "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split}
+                            "phases": self.phases.rounded(), "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split,
+                            "world_size": self.dist.world}
         atomic_write_json(self.run_dir / "metrics.json", metrics)
+        self.dist.barrier()
         return metrics
 
 
