@@ -21,7 +21,7 @@ from negminer.samplers import Draw
 
 def accumulation_step(tr, step: int, idx, pos_rows) -> float:
     """One optimiser step of Trainer ``tr`` over cfg.accumulation micro-batches; returns the mean loss."""
-    m, ph, bank = tr.model, tr.phases, tr.bank
+    ph, bank = tr.phases, tr.bank
     k = tr.cfg.accumulation
     b = len(idx) // k
     shift = math.log((b - 1) / (len(idx) - 1))
@@ -36,8 +36,8 @@ def accumulation_step(tr, step: int, idx, pos_rows) -> float:
     total, pieces = 0.0, []
     for j in range(k):
         mi, mp = idx[j * b:(j + 1) * b], pos_rows[j * b:(j + 1) * b]
-        with ph("query_encode"), tr.autocast():
-            q = m.embed_queries(m.tokenize_queries([tr.query_texts[i] for i in mi]))
+        with ph("query_encode"):
+            q = tr.embed_training_queries(mi)  # under torchrun: this rank's share, gathered
         tr.counters.query_encodes += len(mi)
         tr.batcher.record(mi, q)
         with ph("target_encode_pos"):

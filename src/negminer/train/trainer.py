@@ -120,9 +120,8 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.dist.on and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.dist.on and (cfg.memory in ("accumulation", "contaccum") or cfg.negatives == "all"):
-            raise ConfigError("under torchrun: --memory plain or gradcache, and a sampler other than --negatives all "
-                              "(accumulation, ContAccum and all-label negatives run in one process for now)")
+        if self.dist.on and cfg.negatives == "all":
+            raise ConfigError("--negatives all runs in one process for now (not under torchrun)")
         self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_encoder(
