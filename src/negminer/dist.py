@@ -77,6 +77,15 @@ class Dist:
         dist.broadcast(buf, 0)
         return buf.cpu()
 
+    def same(self, t: torch.Tensor) -> bool:
+        """True if ``t`` is equal on every rank."""
+        if not self.on:
+            return True
+        lo, hi = t.to(self.device).clone(), t.to(self.device).clone()
+        dist.all_reduce(lo, dist.ReduceOp.MIN)
+        dist.all_reduce(hi, dist.ReduceOp.MAX)
+        return bool(torch.equal(lo, hi))
+
     def agree(self, value: float) -> float:
         """Rank 0's value on every rank (clocks: time budgets and timed evaluations decide alike)."""
         if not self.on:

@@ -92,3 +92,10 @@ def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_b
     a, b = weights(full), weights(run)
     for k in a:  # 2 steps on two ranks sum their gradients in another order: Adam may move a near-zero entry
         assert torch.allclose(a[k], b[k], atol=1e-4), (k, (a[k] - b[k]).abs().max())  # by ~lr x 1e-3 more
+
+
+def test_replicas_that_drift_apart_stop_the_run_at_the_checkpoint(tiny_beir, tmp_path):
+    p = torchrun(tiny_beir, tmp_path / "r", "--batch-size", "4", "--negatives", "cache", "--num-negatives", "2",
+                 "--steps", "4", "--save-every", "2", env={"NEGMINER_TEST_SKEW_RANK": "1"})
+    assert p.returncode != 0 and "target stores differ" in p.stderr
+    assert not (tmp_path / "r" / "checkpoint").exists()

@@ -175,6 +175,18 @@ class TargetStore:
         return torch.bmm(e, qc.unsqueeze(2)).squeeze(2).float()
 
     # ---- reading --------------------------------------------------------------------------
+    def checksum(self, chunk: int = 1 << 16) -> torch.Tensor:
+        """[3] float64: sums of the embeddings, of their squares weighted by row, and of the ages (replicas
+        that agree here are, for practical purposes, the same)."""
+        out = torch.zeros(3, dtype=torch.float64)
+        for lo in range(0, self.n, chunk):
+            e = torch.as_tensor(self.emb[lo:lo + chunk]).to(torch.float64)
+            w = torch.arange(lo, lo + len(e), dtype=torch.float64).add_(1).unsqueeze(1)
+            out[0] += e.sum().cpu()
+            out[1] += (e.square() * w.to(e.device)).sum().cpu()
+        out[2] = self.age.to(torch.float64).sum()
+        return out
+
     def embeddings(self, rows=None) -> torch.Tensor:
         """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only)."""
         e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long).to(self.emb.device)]

@@ -526,6 +526,13 @@ class Trainer:
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
     def save(self) -> None:
+        if self.dist.on and self.store is not None:  # the replicas must not have drifted apart (dist.py)
+            c = self.store.checksum()
+            if os.environ.get("NEGMINER_TEST_SKEW_RANK") == str(self.dist.rank):  # tests: a drifted replica
+                c[0] += 1.0
+            if not self.dist.same(c):
+                raise TrainingDiverged(f"step {self.step}: the processes' target stores differ (a nondeterministic "
+                                       "kernel or a rank that skipped an update); nothing was saved")
         tensors, meta = self.sampler.state()
         bt, bm = self.batcher.state()
         tensors, meta = {**tensors, **bt}, {**meta, **({"batcher": bm} if bm else {})}
