@@ -53,7 +53,7 @@ class TrainConfig:
     accumulation: int = field(default=1, metadata={"help": "micro-batches per optimiser step (--memory accumulation, "
                               "contaccum); each has --batch-size / --accumulation queries"})
     bank_size: int = field(default=0, metadata={"help": "contaccum: query/positive pairs kept in the bank, FIFO across "
-                           "optimiser steps (0: --batch-size)"})
+                           "optimiser steps (0: the global batch, processes x --batch-size)"})
     bank: str = field(default="dual", metadata={"help": "contaccum: dual (past queries are anchors too) | passage (past "
                       "targets as negatives only)"})
     bank_warmup: int = field(default=0, metadata={"help": "contaccum: optimiser steps before the bank joins the loss "

@@ -210,14 +210,16 @@ class TargetStore:
 
     @torch.no_grad()
     def encode(self, rows, model, step: int, batch_size: int = 256, progress: bool = False, autocast=None,
-               chunk: int = 16384) -> torch.Tensor | None:
+               chunk: int = 16384, embed=None) -> torch.Tensor | None:
         """Re-encode ``rows`` with the current target tower (no gradient, eval mode), ``chunk`` rows at
         a time (a full refresh never holds N x d floats); returns the float32 embeddings of at most
-        one chunk of rows (None for more)."""
+        one chunk of rows (None for more). ``embed(rows) -> [len, d]`` replaces ``self.embed`` (torchrun:
+        this rank's share, gathered)."""
         rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long).cpu()
         out = torch.zeros(0, self.dim)
         for s in range(0, len(rows), chunk):
-            out = self.embed(rows[s:s + chunk], model, batch_size, progress, autocast)
+            out = (embed(rows[s:s + chunk]) if embed is not None
+                   else self.embed(rows[s:s + chunk], model, batch_size, progress, autocast))
             self.write(rows[s:s + chunk], out, step)
             self.target_encodes += len(out)
         return out if len(rows) <= chunk else None

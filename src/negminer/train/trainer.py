@@ -169,7 +169,7 @@ class Trainer:
         if cfg.memory == "contaccum":
             from negminer.memory.contaccum import MemoryBank
 
-            self.bank = MemoryBank(cfg.bank_size or cfg.batch_size, dual=cfg.bank == "dual")
+            self.bank = MemoryBank(cfg.bank_size or self.global_batch, dual=cfg.bank == "dual")
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = adamw(
@@ -227,17 +227,13 @@ class Trainer:
         """Re-encode store rows without gradient (eval mode, the training autocast); counted. Under torchrun
         each rank encodes its share of every chunk and the shares are gathered into every rank's store."""
         d, bs = self.dist, self.cfg.eval_batch_size
-        if not d.on:
-            return self.store.encode(rows, self.model, step, batch_size=bs, autocast=self.autocast())
-        rows = torch.as_tensor(list(rows) if not torch.is_tensor(rows) else rows, dtype=torch.long).cpu()
-        out, chunk = torch.zeros(0, self.store.dim), 16384
-        for s in range(0, len(rows), chunk):
-            part = rows[s:s + chunk]
+
+        def shared(part):  # counted once by the store: the ranks' shares together
             mine = self.store.embed(part[d.share(len(part))], self.model, bs, autocast=self.autocast())
-            out = d.gather(mine.to(self.device), len(part)).cpu()
-            self.store.write(part, out, step)
-            self.store.target_encodes += len(part)  # the ranks' shares together
-        return out if len(rows) <= chunk else None
+            return d.gather(mine.to(self.device), len(part)).cpu()
+
+        return self.store.encode(rows, self.model, step, batch_size=bs, autocast=self.autocast(),
+                                 embed=shared if d.on else None)
 
     def setup_sampler(self) -> None:
         if self.store is not None:
