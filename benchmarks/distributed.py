@@ -66,6 +66,68 @@ def one(setup: str, neg: str, procs: int, steps: int, batch: int, tmp: Path) -> 
             "run_command": shown}
 
 
+def draw_worker(n: int, dim: int, b: int, k: int, reps: int, out: str) -> None:
+    """Under torchrun or alone: one streaming draw (exact softmax sampler, k without replacement) over a
+    store of n random rows, ``reps`` times; each rank scores its share of the rows (samplers/base.py)."""
+    import time
+
+    import torch
+
+    from negminer import dist
+    from negminer.samplers import Batch, Exclusions
+    from negminer.samplers.exact import ExactSampler
+    from negminer.store import TargetStore
+
+    d = dist.init_from_env()
+    g = torch.Generator().manual_seed(0)
+    store = TargetStore(range(n), range(n), dim)
+    store.write(torch.arange(n), torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1), 0)
+    q = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=-1)
+    pos = torch.arange(b)
+    s, times = ExactSampler(k), []
+    for t in range(reps + 1):  # the first pass warms caches and buffers
+        batch = Batch(t, pos, Exclusions([{i} for i in range(b)], n), q, torch.Generator().manual_seed(t), 20.0, dist=d)
+        d.barrier()
+        t0 = time.perf_counter()
+        draw = s.sample(q, batch, store)
+        times.append(time.perf_counter() - t0)
+    if d.main:
+        Path(out).write_text(json.dumps({"ms_per_draw": 1000 * sum(times[1:]) / reps, "ids_sum": int(draw.ids.sum())}))
+    dist.shutdown()
+
+
+def draw_row(procs: int, n: int, dim: int, b: int, k: int, reps: int, tmp: Path) -> dict:
+    out = tmp / f"draw-{procs}.json"
+    worker = [str(Path(__file__).resolve()), "--draw-worker", *map(str, (n, dim, b, k, reps)), str(out)]
+    if procs == 1:
+        cmd, env = [sys.executable, *worker], {"OMP_NUM_THREADS": "2"}
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *worker]
+        env = {"OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    shown = " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(
+        ["python" if c == sys.executable else c for c in cmd]).replace(str(out), "OUT.json")
+    if p.returncode != 0:
+        return {"setup": "draw", "processes": procs, "error": p.stderr.strip().splitlines()[-1], "run_command": shown}
+    r = json.loads(out.read_text())
+    return {"setup": "draw", "processes": procs, "targets": n, "dim": dim, "queries": b, "k": k, "reps": reps,
+            "ms_per_draw": round(r["ms_per_draw"], 1), "ids_sum": r["ids_sum"], "run_command": shown}
+
+
+def draw_table(rows) -> str:
+    out = ["| targets | dim | queries | k | processes | ms per draw | x one process | same draws |", "|---" * 8 + "|"]
+    base = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
+    for r in rows:
+        if "error" in r:
+            out.append(f"| draw | {r['processes']} | error: {r['error']} |")
+            continue
+        x = f"{base['ms_per_draw'] / r['ms_per_draw']:.2f}" if base else "-"
+        same = "yes" if base and base["ids_sum"] == r["ids_sum"] else "no"
+        out.append(f"| {r['targets']:,} | {r['dim']} | {r['queries']} | {r['k']} | {r['processes']} | "
+                   f"{r['ms_per_draw']} | {x} | {same} |")
+    return "\n".join(out)
+
+
 def table(rows) -> str:
     head = "| setup | negatives | processes | global batch | steps | train s | examples/s | x one process | loss | peak RSS MB (rank 0) |"
     out = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -85,21 +147,35 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64, help="global batch")
-    ap.add_argument("--only", nargs="*", choices=list(SETUPS))
+    ap.add_argument("--only", nargs="*", choices=[*SETUPS, "draw"])
+    ap.add_argument("--draw", default="1000000,128,256,8,5", help="targets,dim,queries,k,reps of the draw rows")
+    ap.add_argument("--draw-worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.draw_worker:
+        draw_worker(*map(int, args.draw_worker[:5]), args.draw_worker[5])
+        return 0
     if not SHARED_DATA.exists():
         print(f"skipped: {SHARED_DATA} not found (the shared/ folder beside the repo)")
         return 0
     prov, rows = provenance(), []
+    draws = []
     with tempfile.TemporaryDirectory() as tmp:
-        for setup in args.only or list(SETUPS):
+        for setup in args.only or [*SETUPS, "draw"]:
+            if setup == "draw":  # the sampler's pass alone: each rank scores half the store
+                for procs in (1, 2):
+                    draws.append({**draw_row(procs, *map(int, args.draw.split(",")), Path(tmp)), **prov})
+                    print(draw_table(draws).splitlines()[-1], flush=True)
+                continue
             for neg in PLAN[setup]:
                 for procs in (1, 2):
                     rows.append({**one(setup, neg, procs, args.steps, args.batch, Path(tmp)), **prov})
                     print(table([rows[-1]]).splitlines()[2], flush=True)
-    write_result("distributed", {"rows": rows})
-    atomic_write_text(RESULTS / "distributed.md", table(rows) + "\n")
-    print("\n" + table(rows))
+    old = json.loads((RESULTS / "distributed.json").read_text()) if (RESULTS / "distributed.json").exists() else {}
+    rows, draws = rows or old.get("rows", []), draws or old.get("draws", [])  # --only keeps the other table
+    write_result("distributed", {"rows": rows, "draws": draws})
+    text = table(rows) + "\n\nThe sampler's pass alone (exact softmax sampler, store in fp32):\n\n" + draw_table(draws)
+    atomic_write_text(RESULTS / "distributed.md", text + "\n")
+    print("\n" + text)
     return 0
 
 

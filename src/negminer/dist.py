@@ -12,6 +12,12 @@ the same). Each rank backpropagates its slice into its copy of the towers, and o
 the parameter gradients before the optimiser step gives every rank the single-process gradient. With
 GradCache that all-reduce comes after the last chunk, never per chunk.
 
+One part is split, not replicated: the sampler's pass over the store. Each rank scores its share of the
+candidates, with the noise that one pass over all of them gives those candidates, and the ranks merge their
+partial passes (top-(k+1) keys, log Z, watched logits: ``merge`` in samplers/gumbel.py), so the draw is the
+single-process draw; with replacement each slot picks a shard by its log-partition (the same law, other
+noise). The store's rows stay replicated (N x d per rank), and so do the refreshers' writes and fits.
+
 Launch (one node, 4 processes; several nodes: --nnodes, --node-rank, --master-addr):
     torchrun --nproc_per_node 4 -m negminer train --data D --out RUN --batch-size 64
 """
@@ -68,6 +74,23 @@ class Dist:
             for p in ps:
                 p.grad.copy_(flat[o:o + p.grad.numel()].view_as(p.grad))
                 o += p.grad.numel()
+
+    def stack(self, t: torch.Tensor) -> torch.Tensor:
+        """[W, ...]: every rank's ``t`` (the same shape on every rank), without gradient."""
+        if not self.on:
+            return t.unsqueeze(0)
+        x = t.detach().to(self.device).contiguous()
+        parts = [torch.empty_like(x) for _ in range(self.world)]
+        dist.all_gather(parts, x)
+        return torch.stack(parts).to(t.device)
+
+    def max_(self, t: torch.Tensor) -> torch.Tensor:
+        """In place: the elementwise maximum of ``t`` over the ranks."""
+        if self.on:
+            x = t.to(self.device)
+            dist.all_reduce(x, dist.ReduceOp.MAX)
+            t.copy_(x)
+        return t
 
     def broadcast(self, t: torch.Tensor | None, shape, dtype) -> torch.Tensor:
         """Rank 0's tensor ``t`` on every rank (the others pass None)."""

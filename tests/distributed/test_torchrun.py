@@ -29,6 +29,16 @@ def weights(run):
     return load_file(str(run / "checkpoint" / "model.safetensors"))
 
 
+def assert_same_weights(a, b, rel=1e-5):
+    """Relative Frobenius distance per tensor. Not elementwise: Adam's step is lr x g / (|g| + eps), so an
+    entry whose gradient is ~1e-9 of rounding noise moves by a noisy fraction of lr; a wrong gradient (a
+    misaligned label, a missing shard) moves many entries by ~lr, far beyond this."""
+    assert a.keys() == b.keys()
+    for k in a:
+        d = float((a[k] - b[k]).norm() / a[k].norm().clamp(min=1e-12))
+        assert d < rel, (k, d, float((a[k] - b[k]).abs().max()))
+
+
 CASES = {
     "inbatch": [],
     "exact-topk": ["--negatives", "exact", "--selection", "topk", "--num-negatives", "3"],
@@ -48,10 +58,7 @@ def test_two_ranks_take_the_single_process_step_of_the_global_batch(tiny_beir, t
     two = tmp_path / "two"
     p = torchrun(tiny_beir, two, "--batch-size", "4", *CASES[case], "--steps", "1")
     assert p.returncode == 0, p.stderr[-3000:]
-    a, b = weights(one), weights(two)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
+    assert_same_weights(weights(one), weights(two))
     la, lb = ([json.loads(x) for x in (r / "train_log.jsonl").read_text().splitlines()] for r in (one, two))
     assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-5)
     # AdamW's first steps barely see the gradient's scale: the gradient norm must agree too
@@ -89,9 +96,7 @@ def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_b
                  "--resume"]) == 0
     la, lb = ([json.loads(x) for x in (r / "train_log.jsonl").read_text().splitlines()] for r in (full, run))
     assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-5)
-    a, b = weights(full), weights(run)
-    for k in a:  # 2 steps on two ranks sum their gradients in another order: Adam may move a near-zero entry
-        assert torch.allclose(a[k], b[k], atol=1e-4), (k, (a[k] - b[k]).abs().max())  # by ~lr x 1e-3 more
+    assert_same_weights(weights(full), weights(run))
 
 
 def test_replicas_that_drift_apart_stop_the_run_at_the_checkpoint(tiny_beir, tmp_path):

@@ -9,6 +9,7 @@ per query (-inf where the sampler could not have drawn it).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -19,6 +20,7 @@ from negminer.samplers.exclusions import Exclusions
 from negminer.samplers.gumbel import ReplacementStream, TopKStream
 
 NEG_INF = -math.inf
+NOISE_BLOCK = 1 << 20  # candidates per RNG call of a streaming pass
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Batch:
     device_generator: torch.Generator | None = None  # on the scoring device, seeded from (seed, step)
     queries: torch.Tensor | None = None  # [B] training-query index of each row (samplers with per-query lists)
     positives: Exclusions | None = None  # every positive of each query (losses that read pool_pos)
+    dist: object | None = None       # negminer.dist.Dist under torchrun: each rank scores its shard of the store
 
     def gen(self, device) -> torch.Generator:
         device = torch.device(device)
@@ -131,23 +134,35 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     watch = (torch.arange(b, device=dev).repeat(len(order)), wpos[order].repeat_interleave(b))  # (query i, position)
     widx = watch[0] * b + order.repeat_interleave(b)  # into [B, B]: query i, positive of query j
     lz_scales = (batch.loss_scale,) if sampler.want_log_z else ()
-    g = batch.gen(dev)
-    if sampler.replacement and selection == "sample":
+    g, d = batch.gen(dev), batch.dist
+    sharded = d is not None and d.on
+    replacement = sampler.replacement and selection == "sample"
+    if sharded and replacement:  # each rank draws from its shard with its own noise; the shard pick is shared
+        seeds = torch.randint(2**62, (2,), generator=g, device=dev).tolist()
+        pick = torch.Generator(device=dev).manual_seed(seeds[0])
+        g = torch.Generator(device=dev).manual_seed(seeds[1] + d.rank)
+    if replacement:
         acc = ReplacementStream(b, k, g, dev, scale=scale, log_z_scales=lz_scales, watch=watch)
     else:
         acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=1, log_z_scales=lz_scales, watch=watch)
     over = sampler.margin_over(q.to(dev), batch)
     m = store.n if rows is None else len(rows)
-    chunk = store.chunk_size()
-    starts = torch.arange(0, m + chunk, chunk, device=dev).clamp(max=m)
+    blocks = _pass_blocks(m, store.chunk_size(), d.share(m) if sharded else slice(0, m))
+    spans = [sp for _, _, cs in blocks for sp in cs]
+    starts = torch.tensor([s for s, _ in spans] + [spans[-1][1] if spans else 0], device=dev)
     ex_b = torch.searchsorted(ex_p, starts).tolist()            # the exclusion pairs of each chunk
     w_b = torch.searchsorted(watch[1], starts).tolist()          # the watched pairs of each chunk
-    noise_block = max(chunk, 1 << 20)
-    for i, (start, scores) in enumerate(store.score_chunks(q, rows, chunk)):
-        if start % noise_block == 0 and isinstance(acc, TopKStream):
-            acc.pass_noise(start, min(noise_block, m - start))
-        acc.watch_span = (w_b[i], w_b[i + 1])
-        acc.add(scores, start, scale, pairs=(ex_q[ex_b[i]:ex_b[i + 1]], ex_p[ex_b[i]:ex_b[i + 1]]), over=over)
+    chunks = store.score_chunks(q, rows, spans=spans)
+    i = 0
+    for bs, be, cs in blocks:
+        if isinstance(acc, TopKStream):
+            acc.pass_noise(bs, be - bs, cs[0][0] if cs else bs, cs[-1][1] if cs else bs)
+        for start, scores in itertools.islice(chunks, len(cs)):
+            acc.watch_span = (w_b[i], w_b[i + 1])
+            acc.add(scores, start, scale, pairs=(ex_q[ex_b[i]:ex_b[i + 1]], ex_p[ex_b[i]:ex_b[i + 1]]), over=over)
+            i += 1
+    if sharded:
+        acc.merge(d, pick) if replacement else acc.merge(d)
     pos, log_pi, mask = acc.result()
     ids = pos if rows is None else rows.to(dev)[pos]
     ids = ids.masked_fill(mask, 0)
@@ -160,6 +175,18 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     cross = None if log_pi is None else _cross(sampler, q, batch, store, acc, ids, mask, rows)
     return Draw(ids.cpu(), mask.cpu(), None if log_pi is None else log_pi.cpu(),
                 None if pool is None else pool.cpu(), log_z, cross)
+
+
+def _pass_blocks(m: int, chunk: int, mine: slice) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """The noise blocks of a pass over m candidates, (start, end, this rank's chunks in it): one RNG call
+    per block of about 2^20 candidates, whole chunks each; a rank (torchrun) scores only ``mine``."""
+    block = chunk * max(1, NOISE_BLOCK // chunk)
+    out = []
+    for bs in range(0, m, block):
+        be = min(m, bs + block)
+        lo, hi = max(bs, mine.start), min(be, mine.stop)
+        out.append((bs, be, [(s, min(hi, s + chunk)) for s in range(lo, hi, chunk)]))
+    return out
 
 
 def _cross(sampler, q, batch, store, acc, ids, mask, cand):

@@ -104,6 +104,13 @@ class _Stream:
             x.masked_fill_(scores > over.unsqueeze(1), NEG_INF)
         return x
 
+    def merge(self, d) -> None:
+        """The ranks' partial log Z and watched logits (each rank saw its shard) -> those of all candidates."""
+        for acc in self.log_z.values():
+            acc.copy_(d.stack(acc).logsumexp(0))
+        if self.watched is not None:
+            d.max_(self.watched)
+
     def _watch_span(self, start: int, c: int) -> tuple[int, int]:
         """(lo, hi): the watched pairs of candidates start..start+c-1."""
         if self.watch_span is not None:
@@ -138,14 +145,18 @@ class TopKStream(_Stream):
         self.logits = torch.full((b, k + 1), NEG_INF, device=self.device)
         self.pos = torch.zeros((b, k + 1), dtype=torch.long, device=self.device)
 
-    def pass_noise(self, start: int, length: int) -> None:
+    def pass_noise(self, start: int, length: int, lo: int | None = None, hi: int | None = None) -> None:
         """Draw the noise of candidates start..start+length-1 at once (one RNG call for many chunks):
         query b reads flat[b * stride + j - start] for candidate j, so within a query every candidate
-        has its own value."""
+        has its own value. ``lo``..``hi``: keep only what candidates lo..hi-1 read (a rank's shard under
+        torchrun); their values, and the generator's state after, are those of the whole pass."""
         if self.noise:
-            n = length + (self.b - 1) * self.stride
-            flat = kernel.gumbel(n, self.g) if self.device.type == "cpu" else None
-            self.flat_noise = (start, length, flat if flat is not None else gumbel_noise(n, self.g, self.device))
+            lo, hi = (start, start + length) if lo is None else (lo, hi)
+            tail = (self.b - 1) * self.stride
+            flat = kernel.gumbel(hi - lo + tail, self.g, lo - start) if self.device.type == "cpu" else None
+            if flat is None:
+                flat = gumbel_noise(length + tail, self.g, self.device)[lo - start: hi + tail - start]
+            self.flat_noise = (lo, hi - lo, flat)
 
     def _noise(self, start: int, c: int) -> tuple[torch.Tensor, int]:
         """Flat noise and the stride between rows (query b reads flat[b * stride : b * stride + c])."""
@@ -195,6 +206,14 @@ class TopKStream(_Stream):
         xq, xp = pairs if pairs is not None else (_NO_ROWS, _NO_ROWS)
         return kernel.mark(scores, start, scale, wq, wp, out, xq, xp)
 
+    def merge(self, d) -> None:
+        """Under torchrun each rank streamed its shard of the candidates (noise from ``pass_noise`` with lo, hi):
+        the top-(k+1) of the ranks' top-(k+1) keys is the pass over all of them, the same draw."""
+        super().merge(d)
+        keys, logits, pos = (torch.cat(d.stack(t).unbind(0), 1) for t in (self.keys, self.logits, self.pos))
+        self.keys, o = keys.topk(self.k + 1, dim=1)
+        self.logits, self.pos = logits.gather(1, o), pos.gather(1, o)
+
     @property
     def kappa(self) -> torch.Tensor:
         """[B] the (k+1)-th largest key (-inf when at most k candidates are usable)."""
@@ -243,6 +262,15 @@ class ReplacementStream(_Stream):
         take = (v < lz - torch.logaddexp(before.unsqueeze(1), lz)) & ok
         self.pos = torch.where(take, j + start, self.pos)
         self.logits = torch.where(take, logits.gather(1, j), self.logits)
+
+    def merge(self, d, generator: torch.Generator | None = None) -> None:
+        """Each rank drew k from its shard's softmax; slot m takes rank r's draw with probability Z_r / Z
+        (Gumbel-max over the shards' log-partitions, the same ``generator`` state on every rank), so every
+        slot is a draw from the softmax over all candidates (Lindgren et al. 2021, section 4)."""
+        lz, pos, logits = d.stack(self.log_z[self.scale]), d.stack(self.pos), d.stack(self.logits)
+        super().merge(d)
+        r = (lz.unsqueeze(2) + gumbel_noise(pos.shape, generator, pos.device)).argmax(0, keepdim=True)
+        self.pos, self.logits = pos.gather(0, r)[0], logits.gather(0, r)[0]
 
     def result(self):
         lz = self.log_z[self.scale].unsqueeze(1)

@@ -149,13 +149,16 @@ def mark(scores: torch.Tensor, start: int, scale: float, watch_q: torch.Tensor, 
     return True
 
 
-def gumbel(n: int, generator: torch.Generator) -> torch.Tensor | None:
+def gumbel(n: int, generator: torch.Generator, skip: int = 0) -> torch.Tensor | None:
     """n Gumbel(0, 1) values from the kernel's counter-based generator (seeded from ``generator``),
-    or None without the kernel; about ten times faster than torch's CPU generator and two logs."""
+    or None without the kernel; about ten times faster than torch's CPU generator and two logs.
+    ``skip``: values skip..skip+n-1 of the sequence this seed gives (value i depends only on the seed
+    and i, so a rank makes just its slice of a pass's noise)."""
     lib = get()
     if lib is None:
         return None
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = (seed + skip * 0x9E3779B97F4A7C15) % 2**64  # value i is a hash of seed + (i + 1) x golden
     out = torch.empty(n)
     lib.gumbel_fill(out.data_ptr(), n, seed)
     return out

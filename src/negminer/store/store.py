@@ -145,16 +145,17 @@ class TargetStore:
     def chunk_size(self) -> int:
         return GPU_CHUNK if self.scoring_device.type == "cuda" else CPU_CHUNK
 
-    def score_chunks(self, q: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None):
+    def score_chunks(self, q: torch.Tensor, rows: torch.Tensor | None = None, chunk: int | None = None,
+                     spans: list[tuple[int, int]] | None = None):
         """Yield (start, scores [B, c]) with scores = q . e over the candidates (``rows`` [M] of the store,
-        default all rows), in the compute dtype on the scoring device. ``scores`` is a reused
-        buffer: use it before the next chunk; it may be overwritten (masking)."""
+        default all rows), in the compute dtype on the scoring device, by chunks of ``chunk`` candidates
+        (or over the candidate ranges ``spans``, (start, end) each). ``scores`` is a reused buffer: use
+        it before the next chunk; it may be overwritten (masking)."""
         dev = self.scoring_device
         chunk = chunk or self.chunk_size()
         m = self.n if rows is None else len(rows)
         qc = q.detach().to(dev, self.compute_dtype)
-        for i, s in enumerate(range(0, m, chunk)):
-            e = min(m, s + chunk)
+        for i, (s, e) in enumerate(spans if spans is not None else ((s, min(m, s + chunk)) for s in range(0, m, chunk))):
             emb = self._rows_to_device(s, e, rows, i % 2)
             out = self._buffer(f"scores{i % 2}", (len(qc), e - s), self.compute_dtype, dev)
             torch.matmul(qc, emb.T, out=out)

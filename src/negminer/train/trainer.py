@@ -274,7 +274,7 @@ class Trainer:
         return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long),
                      Exclusions([self.exclude(i) for i in idx], self.dataset.num_targets),
                      pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg,
-                     torch.as_tensor(np.asarray(idx), dtype=torch.long), positives)
+                     torch.as_tensor(np.asarray(idx), dtype=torch.long), positives, self.dist)
 
     def target_features(self, rows):
         """Tower inputs of target rows: from the store's token table when there is a store."""
