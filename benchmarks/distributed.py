@@ -66,9 +66,10 @@ def one(setup: str, neg: str, procs: int, steps: int, batch: int, tmp: Path) -> 
             "run_command": shown}
 
 
-def draw_worker(n: int, dim: int, b: int, k: int, reps: int, out: str) -> None:
+def draw_worker(n: int, dim: int, b: int, k: int, reps: int, sharded: int, out: str) -> None:
     """Under torchrun or alone: one streaming draw (exact softmax sampler, k without replacement) over a
-    store of n random rows, ``reps`` times; each rank scores its share of the rows (samplers/base.py)."""
+    store of n random rows, ``reps`` times; each rank scores its share of the rows (samplers/base.py), or
+    with ``sharded`` 0 all of them (what every rank did before the pass was split)."""
     import time
 
     import torch
@@ -86,7 +87,8 @@ def draw_worker(n: int, dim: int, b: int, k: int, reps: int, out: str) -> None:
     pos = torch.arange(b)
     s, times = ExactSampler(k), []
     for t in range(reps + 1):  # the first pass warms caches and buffers
-        batch = Batch(t, pos, Exclusions([{i} for i in range(b)], n), q, torch.Generator().manual_seed(t), 20.0, dist=d)
+        batch = Batch(t, pos, Exclusions([{i} for i in range(b)], n), q, torch.Generator().manual_seed(t), 20.0,
+                      dist=d if sharded else None)
         d.barrier()
         t0 = time.perf_counter()
         draw = s.sample(q, batch, store)
@@ -96,9 +98,9 @@ def draw_worker(n: int, dim: int, b: int, k: int, reps: int, out: str) -> None:
     dist.shutdown()
 
 
-def draw_row(procs: int, n: int, dim: int, b: int, k: int, reps: int, tmp: Path) -> dict:
-    out = tmp / f"draw-{procs}.json"
-    worker = [str(Path(__file__).resolve()), "--draw-worker", *map(str, (n, dim, b, k, reps)), str(out)]
+def draw_row(procs: int, sharded: int, n: int, dim: int, b: int, k: int, reps: int, tmp: Path) -> dict:
+    out = tmp / f"draw-{procs}-{sharded}.json"
+    worker = [str(Path(__file__).resolve()), "--draw-worker", *map(str, (n, dim, b, k, reps, sharded)), str(out)]
     if procs == 1:
         cmd, env = [sys.executable, *worker], {"OMP_NUM_THREADS": "2"}
     else:
@@ -110,12 +112,13 @@ def draw_row(procs: int, n: int, dim: int, b: int, k: int, reps: int, tmp: Path)
     if p.returncode != 0:
         return {"setup": "draw", "processes": procs, "error": p.stderr.strip().splitlines()[-1], "run_command": shown}
     r = json.loads(out.read_text())
-    return {"setup": "draw", "processes": procs, "targets": n, "dim": dim, "queries": b, "k": k, "reps": reps,
+    return {"setup": "draw", "processes": procs, "scoring": "sharded" if sharded else "replicated", "targets": n, "dim": dim, "queries": b, "k": k, "reps": reps,
             "ms_per_draw": round(r["ms_per_draw"], 1), "ids_sum": r["ids_sum"], "run_command": shown}
 
 
 def draw_table(rows) -> str:
-    out = ["| targets | dim | queries | k | processes | ms per draw | x one process | same draws |", "|---" * 8 + "|"]
+    out = ["| targets | dim | queries | k | processes | each process scores | ms per draw | x one process | same draws |",
+           "|---" * 9 + "|"]
     base = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
     for r in rows:
         if "error" in r:
@@ -123,7 +126,8 @@ def draw_table(rows) -> str:
             continue
         x = f"{base['ms_per_draw'] / r['ms_per_draw']:.2f}" if base else "-"
         same = "yes" if base and base["ids_sum"] == r["ids_sum"] else "no"
-        out.append(f"| {r['targets']:,} | {r['dim']} | {r['queries']} | {r['k']} | {r['processes']} | "
+        part = "all rows" if r["processes"] == 1 or r["scoring"] == "replicated" else f"1/{r['processes']} of the rows"
+        out.append(f"| {r['targets']:,} | {r['dim']} | {r['queries']} | {r['k']} | {r['processes']} | {part} | "
                    f"{r['ms_per_draw']} | {x} | {same} |")
     return "\n".join(out)
 
@@ -149,10 +153,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="global batch")
     ap.add_argument("--only", nargs="*", choices=[*SETUPS, "draw"])
     ap.add_argument("--draw", default="1000000,128,256,8,5", help="targets,dim,queries,k,reps of the draw rows")
-    ap.add_argument("--draw-worker", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--draw-worker", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.draw_worker:
-        draw_worker(*map(int, args.draw_worker[:5]), args.draw_worker[5])
+        draw_worker(*map(int, args.draw_worker[:6]), args.draw_worker[6])
         return 0
     if not SHARED_DATA.exists():
         print(f"skipped: {SHARED_DATA} not found (the shared/ folder beside the repo)")
@@ -162,8 +166,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for setup in args.only or [*SETUPS, "draw"]:
             if setup == "draw":  # the sampler's pass alone: each rank scores half the store
-                for procs in (1, 2):
-                    draws.append({**draw_row(procs, *map(int, args.draw.split(",")), Path(tmp)), **prov})
+                for procs, sharded in ((1, 1), (2, 0), (2, 1)):
+                    draws.append({**draw_row(procs, sharded, *map(int, args.draw.split(",")), Path(tmp)), **prov})
                     print(draw_table(draws).splitlines()[-1], flush=True)
                 continue
             for neg in PLAN[setup]:

@@ -44,6 +44,7 @@ CASES = {
     "exact-topk": ["--negatives", "exact", "--selection", "topk", "--num-negatives", "3"],
     "cache": ["--negatives", "cache", "--num-negatives", "3"],
     "gradcache": ["--negatives", "cache", "--num-negatives", "3", "--memory", "gradcache", "--chunk-size", "3"],
+    "all": ["--negatives", "all", "--chunk-size", "7"],
     "ngame": ["--batching", "ngame", "--ngame-cluster-size", "4", "--ngame-embeddings", "encode"],
     "contaccum": ["--memory", "contaccum", "--accumulation", "2", "--bank-size", "8", "--negatives", "exact",
                   "--selection", "topk", "--num-negatives", "2"],

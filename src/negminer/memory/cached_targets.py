@@ -54,16 +54,25 @@ class CachedEncoding:
         self.passes += 1
 
 
-def encode_cached(encode: Callable[[torch.Tensor], torch.Tensor], n: int, chunk: int, params=None) -> CachedEncoding:
-    """First pass: ``encode(rows) -> [len(rows), d]`` on chunks of ``chunk`` rows, without gradient."""
+def encode_cached(encode: Callable[[torch.Tensor], torch.Tensor], n: int, chunk: int, params=None,
+                  share: slice | None = None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  dim: int = 0) -> CachedEncoding:
+    """First pass: ``encode(rows) -> [len(rows), d]`` on chunks of ``chunk`` rows, without gradient.
+    Under torchrun a rank encodes rows ``share`` (and later backpropagates only those) and ``gather``
+    ([len(share), d] -> [n, d]) joins the ranks' embeddings."""
     parts, chunks = [], []
     cuda_on = torch.cuda.is_available() and torch.cuda.is_initialized()
-    for s in range(0, n, chunk):
-        rows = torch.arange(s, min(n, s + chunk))
+    share = share or slice(0, n)
+    for s in range(share.start, share.stop, chunk):
+        rows = torch.arange(s, min(share.stop, s + chunk))
         cpu = torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if cuda_on else []
         with torch.no_grad():
             parts.append(encode(rows).float())
         chunks.append((rows, cpu, cuda))
-    emb = torch.cat(parts).requires_grad_(True)
+    emb = torch.cat(parts) if parts else torch.zeros(0, dim)
+    if gather is not None:
+        with torch.no_grad():
+            emb = gather(emb)
+    emb = emb.detach().requires_grad_(True)
     return CachedEncoding(emb, encode, chunks, params=list(params) if params is not None else None)

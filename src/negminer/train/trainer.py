@@ -120,8 +120,6 @@ class Trainer:
         self.device = pick_device(cfg.device)
         if self.dist.on and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        if self.dist.on and cfg.negatives == "all":
-            raise ConfigError("--negatives all runs in one process for now (not under torchrun)")
         self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_encoder(
@@ -442,8 +440,11 @@ class Trainer:
             with self.autocast():
                 return m.embed_targets(feats[key])
 
+        d = self.dist  # under torchrun each rank encodes (and backpropagates) its share of the targets
         with ph("target_encode_neg"):
-            enc = encode_cached(encode, n, self.cfg.chunk_size or self.cfg.eval_batch_size, params=m.parameters())
+            enc = encode_cached(encode, n, self.cfg.chunk_size or self.cfg.eval_batch_size, params=m.parameters(),
+                                share=d.share(n), gather=(lambda e: d.gather(e.to(d.device), n).to(self.device))
+                                if d.on else None, dim=m.dim)
         self.counters.target_encodes += n
         batch = self.make_batch(step, idx, pos_rows, enc.emb[torch.as_tensor(pos_rows)])
         with ph("loss_backward"):
