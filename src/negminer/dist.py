@@ -117,6 +117,11 @@ class Dist:
         dist.broadcast(t, 0)
         return float(t)
 
+    def sharded(self, model):
+        """``model`` whose encoders (and search, see ``Sharded``) split their work over the ranks; itself in
+        one process."""
+        return Sharded(model, self) if self.on else model
+
     def barrier(self) -> None:
         if self.on:
             dist.barrier()
@@ -143,7 +148,8 @@ class _Gather(torch.autograd.Function):
 
 class Sharded:
     """An encoder whose ``encode_queries`` / ``encode_targets`` encode this rank's share of the texts and return
-    every rank's embeddings (evaluation sharded over the ranks)."""
+    every rank's embeddings, and whose ``search`` ranks this rank's share of the queries and gathers the
+    results (evaluation sharded over the ranks)."""
 
     def __init__(self, model, d: Dist):
         self.model, self.d = model, d
@@ -159,6 +165,11 @@ class Sharded:
 
     def encode_targets(self, items, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
         return self._encode(self.model.encode_targets, list(items), batch_size, progress)
+
+    def search(self, topk, q: torch.Tensor, t: torch.Tensor, k: int):
+        """``topk(q, t, k) -> (scores, indices)`` of this rank's share of the queries, gathered."""
+        s, i = topk(q[self.d.share(len(q))], t, k)
+        return tuple(self.d.gather(x.to(self.d.device), len(q)).cpu() for x in (s, i))
 
 
 _CURRENT = Dist()

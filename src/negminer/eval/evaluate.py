@@ -67,7 +67,11 @@ def retrieve(model, dataset, split: str = "test", k: int = 100, batch_size: int 
     t1 = time.perf_counter()
     q_emb = torch.as_tensor(model.encode_queries(qtexts, batch_size=batch_size, progress=progress))
     t2 = time.perf_counter()
-    scores, idx = topk(q_emb.float(), t_emb.float(), k, backend=backend)
+    search = lambda q, t, n: topk(q, t, n, backend=backend)  # noqa: E731
+    if hasattr(model, "search"):  # under torchrun: each rank searches its share of the queries (dist.Sharded)
+        scores, idx = model.search(search, q_emb.float(), t_emb.float(), k)
+    else:
+        scores, idx = search(q_emb.float(), t_emb.float(), k)
     scores, idx = scores.cpu().tolist(), idx.cpu().tolist()
     ids = dataset.target_ids
     run = {q: trec_order([(ids[i], s) for s, i in zip(scores[n], idx[n])]) for n, q in enumerate(qids)}

@@ -462,12 +462,10 @@ class Trainer:
 
     def encode_training_queries(self, idx) -> torch.Tensor:
         """Eval-mode embeddings of training queries ``idx`` (the batcher's clustering), counted."""
-        from negminer.dist import Sharded
-
         was = self.model.training
         self.model.eval()
         with torch.no_grad(), self.autocast():  # under torchrun each rank encodes its share
-            out = (Sharded(self.model, self.dist) if self.dist.on else self.model).encode_queries(
+            out = self.dist.sharded(self.model).encode_queries(
                 [self.query_texts[int(i)] for i in idx], batch_size=self.cfg.eval_batch_size, progress=False)
         self.model.train(was)
         self.counters.query_encodes += len(idx)
@@ -503,12 +501,12 @@ class Trainer:
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self, out_dir=None) -> dict:
-        """Every rank encodes its share of the corpus and queries (dist.Sharded); only rank 0 writes."""
-        from negminer.dist import Sharded
+        """Every rank encodes its share of the corpus and queries and ranks its share of the queries
+        (dist.Sharded); only rank 0 writes."""
         from negminer.eval.evaluate import evaluate
 
         d = self.dist
-        return evaluate(Sharded(self.model, d) if d.on else self.model, self.dataset, split=self.cfg.eval_split,
+        return evaluate(d.sharded(self.model), self.dataset, split=self.cfg.eval_split,
                         batch_size=self.cfg.eval_batch_size, progress=not self.cfg.quiet and d.main,
                         out_dir=out_dir if d.main else None)
 
