@@ -49,6 +49,8 @@ def test_config_file_and_flag_override(tiny_beir, tmp_path, fmt):
     (["--loss", "nope"], "unknown --loss"),
     (["--batch-size", "1"], "batch_size"),
     (["--encoder", "no/such/model"], "no such directory"),
+    (["--store-shard", "--negatives", "tree"], "--store-shard works with"),
+    (["--store-shard", "--negatives", "cache", "--refresh", "write-back,corrector"], "--store-shard works with"),
 ])
 def test_bad_options_exit_2(tiny_beir, tmp_path, argv, msg, capsys):
     code = main(["train", "--data", str(tiny_beir), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet",

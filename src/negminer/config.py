@@ -98,6 +98,9 @@ class TrainConfig:
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
     store_device: str = field(default="auto", metadata={"help": "auto (where the model trains, if it fits) | cpu | cuda"})
+    store_shard: bool = field(default=False, metadata={"help": "under torchrun, each process holds 1/W of the cached "
+                              "embeddings instead of all (--negatives cache or exact; refreshers write-back, fraction, "
+                              "full, nystrom)"})
     store_max_ram_mb: float = field(default=0.0, metadata={"help": "memory-map the store to RUN_DIR/store.npy when larger (0: no limit)"})
     write_back: str = field(default="eval", metadata={"help": "drawn targets and positives into the store: eval (eval-mode "
                             "embeddings; free without dropout, else re-encoded) | train (the training forward's, free) | none"})
@@ -261,6 +264,10 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.tree_beam >= 0 and cfg.tree_branching >= 2 and cfg.tree_leaf_size >= 1,
          "tree_beam must be >= 0, tree_leaf_size >= 1, tree_branching >= 2"),
         (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
+        (not cfg.store_shard or (cfg.negatives in ("cache", "exact") and cfg.prefilter_top == 0
+                                 and not cfg.corrector and "corrector" not in cfg.refresh),
+         "--store-shard works with --negatives cache or exact (no --prefilter-top) and without the corrector: "
+         "the others read every row of the store on every process"),
     ]
     checks.append((cfg.batching in ("random", "ngame") and cfg.ngame_cluster_size >= 1 and cfg.ngame_warmup >= 0
                    and cfg.ngame_recluster_every >= 1 and cfg.ngame_embeddings in ("recorded", "encode"),

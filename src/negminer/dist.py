@@ -16,7 +16,9 @@ One part is split, not replicated: the sampler's pass over the store. Each rank 
 candidates, with the noise that one pass over all of them gives those candidates, and the ranks merge their
 partial passes (top-(k+1) keys, log Z, watched logits: ``merge`` in samplers/gumbel.py), so the draw is the
 single-process draw; with replacement each slot picks a shard by its log-partition (the same law, other
-noise). The store's rows stay replicated (N x d per rank), and so do the refreshers' writes and fits.
+noise). The store's rows are replicated (N x d per rank; replicas compared at each checkpoint) unless
+``--store-shard``: then rank r holds rows share(N) only, scores them, keeps its part of every write, and
+reads other rows (refreshers, cross weights, checkpoints) through one collective (store/store.py).
 
 Launch (one node, 4 processes; several nodes: --nnodes, --node-rank, --master-addr):
     torchrun --nproc_per_node 4 -m negminer train --data D --out RUN --batch-size 64
@@ -83,6 +85,14 @@ class Dist:
         parts = [torch.empty_like(x) for _ in range(self.world)]
         dist.all_gather(parts, x)
         return torch.stack(parts).to(t.device)
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """In place: the elementwise sum of ``t`` over the ranks."""
+        if self.on:
+            x = t.to(self.device)
+            dist.all_reduce(x)
+            t.copy_(x)
+        return t
 
     def max_(self, t: torch.Tensor) -> torch.Tensor:
         """In place: the elementwise maximum of ``t`` over the ranks."""

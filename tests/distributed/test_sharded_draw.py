@@ -38,11 +38,11 @@ def chi2(draws, logits, bins=25):
     return chisquare(obs, exp).pvalue, chisquare(obs, np.full(len(obs), counts.sum() / len(obs))).pvalue
 
 
-@pytest.mark.parametrize("kernel", ["1", "0"])  # the compiled noise (a rank makes its slice) and torch's (sliced)
-def test_sharded_draw_is_the_global_draw(tmp_path, kernel):
+@pytest.mark.parametrize("kernel,held", [("1", "replicated"), ("0", "sharded")])  # compiled noise (a rank makes its
+def test_sharded_draw_is_the_global_draw(tmp_path, kernel, held):                  # slice) and torch's (sliced)
     out = tmp_path / "draws.json"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(SCRIPT), str(out), "1500"], capture_output=True, text=True, timeout=300,
+                        str(SCRIPT), str(out), "1500", held], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "NEGMINER_KERNEL": kernel})
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.loads(out.read_text())

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -44,6 +45,9 @@ CASES = {
     "exact-topk": ["--negatives", "exact", "--selection", "topk", "--num-negatives", "3"],
     "cache": ["--negatives", "cache", "--num-negatives", "3"],
     "gradcache": ["--negatives", "cache", "--num-negatives", "3", "--memory", "gradcache", "--chunk-size", "3"],
+    "cache-store-shard": ["--negatives", "cache", "--num-negatives", "3", "--store-shard"],
+    "exact-nystrom-store-shard": ["--negatives", "exact", "--num-negatives", "3", "--refresh", "write-back,nystrom",
+                                  "--nystrom-every", "1", "--nystrom-landmarks", "12", "--store-shard"],
     "all": ["--negatives", "all", "--chunk-size", "7"],
     "ngame": ["--batching", "ngame", "--ngame-cluster-size", "4", "--ngame-embeddings", "encode"],
     "contaccum": ["--memory", "contaccum", "--accumulation", "2", "--bank-size", "8", "--negatives", "exact",
@@ -53,11 +57,12 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_ranks_take_the_single_process_step_of_the_global_batch(tiny_beir, tmp_path, case):
+    steps = ["--steps", "3" if "store-shard" in case else "1"]  # a sharded store's refreshes show from step 2
     one = tmp_path / "one"
     assert main(["train", "--data", str(tiny_beir), "--out", str(one), *COMMON, "--batch-size", "8",
-                 *CASES[case], "--steps", "1"]) == 0
+                 *CASES[case], *steps]) == 0
     two = tmp_path / "two"
-    p = torchrun(tiny_beir, two, "--batch-size", "4", *CASES[case], "--steps", "1")
+    p = torchrun(tiny_beir, two, "--batch-size", "4", *CASES[case], *steps)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_same_weights(weights(one), weights(two))
     la, lb = ([json.loads(x) for x in (r / "train_log.jsonl").read_text().splitlines()] for r in (one, two))
@@ -82,15 +87,22 @@ def test_a_rank_that_dies_stops_the_run_with_an_error(tiny_beir, tmp_path):
     assert "rank 1" in p.stderr.lower() or "exitcode" in p.stderr.lower() or "error" in p.stderr.lower()
 
 
-def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_beir, tmp_path):
+@pytest.mark.parametrize("shard", [[], ["--store-shard"], ["--store-shard", "--store-path", "MAP"]],
+                         ids=["replicated", "sharded", "sharded-memory-mapped"])
+def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_beir, tmp_path, shard):
     """2 ranks x 4 die after the checkpoint of step 2; one process x 8 resumes and ends where a single
-    uninterrupted process ends. One process x 4 (another global batch) is refused."""
-    steps = ["--steps", "6", "--save-every", "2", "--negatives", "cache", "--num-negatives", "3"]
+    uninterrupted process ends. One process x 4 (another global batch) is refused. A sharded store's
+    checkpoint holds every row (rank 0 collects them), so it resumes on any number of processes."""
+    shard = [str(tmp_path / "store.npy") if x == "MAP" else x for x in shard]
+    steps = ["--steps", "6", "--save-every", "2", "--negatives", "cache", "--num-negatives", "3", *shard]
     full = tmp_path / "full"
     assert main(["train", "--data", str(tiny_beir), "--out", str(full), *COMMON, "--batch-size", "8", *steps]) == 0
     run = tmp_path / "run"
     p = torchrun(tiny_beir, run, "--batch-size", "4", *steps, env={"NEGMINER_DIE_AT_STEP": "3", "NEGMINER_DIE_RANK": "1"})
     assert p.returncode != 0 and (run / "checkpoint").exists()
+    if "--store-path" in shard:  # each process mapped its half; the checkpoint holds all rows
+        held = [np.load(tmp_path / f"store.rank{r}.npy", mmap_mode="r").shape[0] for r in (0, 1)]
+        assert sum(held) == np.load(run / "checkpoint" / "store.npy", mmap_mode="r").shape[0] > max(held)
     assert main(["train", "--data", str(tiny_beir), "--out", str(run), *COMMON, "--batch-size", "4", *steps,
                  "--resume"]) != 0  # 4 != 8: refused, and said why
     assert main(["train", "--data", str(tiny_beir), "--out", str(run), *COMMON, "--batch-size", "8", *steps,

@@ -134,7 +134,7 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     watch = (torch.arange(b, device=dev).repeat(len(order)), wpos[order].repeat_interleave(b))  # (query i, position)
     widx = watch[0] * b + order.repeat_interleave(b)  # into [B, B]: query i, positive of query j
     lz_scales = (batch.loss_scale,) if sampler.want_log_z else ()
-    g, d = batch.gen(dev), batch.dist
+    g, d = batch.gen(dev), batch.dist if batch.dist is not None else getattr(store, "dist", None)
     sharded = d is not None and d.on
     replacement = sampler.replacement and selection == "sample"
     if sharded and replacement:  # each rank draws from its shard with its own noise; the shard pick is shared
@@ -147,7 +147,7 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
         acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=1, log_z_scales=lz_scales, watch=watch)
     over = sampler.margin_over(q.to(dev), batch)
     m = store.n if rows is None else len(rows)
-    blocks = _pass_blocks(m, store.chunk_size(), d.share(m) if sharded else slice(0, m))
+    blocks = _pass_blocks(m, store.chunk_size(), _mine(store, rows, rows_sorted, d) if sharded else slice(0, m))
     spans = [sp for _, _, cs in blocks for sp in cs]
     starts = torch.tensor([s for s, _ in spans] + [spans[-1][1] if spans else 0], device=dev)
     ex_b = torch.searchsorted(ex_p, starts).tolist()            # the exclusion pairs of each chunk
@@ -175,6 +175,19 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     cross = None if log_pi is None else _cross(sampler, q, batch, store, acc, ids, mask, rows)
     return Draw(ids.cpu(), mask.cpu(), None if log_pi is None else log_pi.cpu(),
                 None if pool is None else pool.cpu(), log_z, cross)
+
+
+def _mine(store, rows: torch.Tensor | None, rows_sorted: bool, d) -> slice:
+    """The candidates this rank scores: a share of them, or those whose rows it holds (a sharded store)."""
+    m = store.n if rows is None else len(rows)
+    if not getattr(store, "sharded", False):
+        return d.share(m)
+    if rows is None:
+        return slice(store.lo, store.hi)
+    if not rows_sorted:
+        raise ValueError("a sharded store is scored over sorted candidate rows only")
+    lo, hi = torch.searchsorted(rows.cpu(), torch.tensor([store.lo, store.hi])).tolist()
+    return slice(lo, hi)
 
 
 def _pass_blocks(m: int, chunk: int, mine: slice) -> list[tuple[int, int, list[tuple[int, int]]]]:

@@ -11,6 +11,12 @@ index) subscribes to ``listeners`` and learns which rows changed (and whether th
 ``view`` (None, or ``f(emb, rows)``) transforms every read of the embeddings (scoring, gathers): the
 corrector network's on-the-fly mode.
 
+Sharded (``shard=`` a ``negminer.dist.Dist`` under torchrun): this rank holds the rows ``shard.share(N)``
+only (ids, inputs and ages stay whole). Scoring reads local rows (the sampler's pass scores this rank's
+rows, samplers/base.py); ``write`` keeps the local rows of what it is given; reading any rows
+(``embeddings``, ``scores``, ``save``) is a collective every rank makes at the same time (each fills its
+rows, one all-reduce), which the replicated training loop guarantees.
+
 Re-encoding rows (``encode``) runs the target tower without gradient, in eval mode (the store holds
 eval-mode embeddings), under the trainer's autocast, writes rows and ages and counts
 ``target_encodes``; ``embed`` does the same without writing or counting; ``write`` stores
@@ -41,15 +47,19 @@ CPU_CHUNK, GPU_CHUNK = 16384, 1 << 20
 
 class TargetStore:
     def __init__(self, ids: Sequence[str], inputs: Sequence[str], dim: int, dtype: str = "fp32",
-                 path: str | Path | None = None, device: str | torch.device = "cpu", reopen: bool = False):
+                 path: str | Path | None = None, device: str | torch.device = "cpu", reopen: bool = False,
+                 shard=None):
         if dtype not in DTYPES:
             raise ValueError(f"store dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
         self.ids, self.inputs, self.dim, self.dtype = ids, inputs, dim, dtype
         self.n = len(ids)
+        self.dist = shard if shard is not None and shard.on else None
+        part = self.dist.share(self.n) if self.dist is not None else slice(0, self.n)
+        self.lo, self.hi = part.start, part.stop  # the rows this process holds
         self.path = Path(path) if path is not None else None
         self.device = torch.device("cpu") if self.path is not None else torch.device(device)
         if self.path is None:
-            self.emb = torch.zeros(self.n, dim, dtype=DTYPES[dtype], device=self.device)
+            self.emb = torch.zeros(self.hi - self.lo, dim, dtype=DTYPES[dtype], device=self.device)
         else:
             self.emb = self._open_map(reopen)
         self.age = torch.full((self.n,), -1, dtype=torch.int32)
@@ -68,18 +78,32 @@ class TargetStore:
                 mm = np.load(self.path, mmap_mode="r+")
             except (ValueError, OSError):
                 mm = None
-            if mm is not None and (mm.shape != (self.n, self.dim) or mm.dtype != _NP[self.dtype]):
+            if mm is not None and (mm.shape != (self.hi - self.lo, self.dim) or mm.dtype != _NP[self.dtype]):
                 raise ValueError(f"{self.path}: holds {mm.shape} {mm.dtype}, not the store's "
-                                 f"({self.n}, {self.dim}) {self.dtype}")
+                                 f"({self.hi - self.lo}, {self.dim}) {self.dtype}")
         if mm is None:
-            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=_NP[self.dtype], shape=(self.n, self.dim))
+            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=_NP[self.dtype],
+                                           shape=(self.hi - self.lo, self.dim))
         self._mm = mm
         t = torch.from_numpy(mm)
         return t.view(torch.bfloat16) if self.dtype == "bf16" else t
 
     @property
     def nbytes(self) -> int:
-        return self.n * self.dim * DTYPES[self.dtype].itemsize
+        return (self.hi - self.lo) * self.dim * DTYPES[self.dtype].itemsize
+
+    @property
+    def sharded(self) -> bool:
+        return self.dist is not None
+
+    def _read(self, rows: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings of any ``rows`` (global), in the store's dtype on its device; sharded: collective."""
+        if self.dist is None:
+            return self.emb[rows.to(self.emb.device)]
+        mine = (rows >= self.lo) & (rows < self.hi)
+        out = torch.zeros(len(rows), self.dim, device=self.dist.device)
+        out[mine.to(out.device)] = self.emb[(rows[mine] - self.lo).to(self.emb.device)].to(out.device, torch.float32)
+        return self.dist.sum_(out).to(self.emb.device, DTYPES[self.dtype])
 
     # ---- token ids ------------------------------------------------------------------------
     def token_ids(self, rows, model) -> list[list[int]]:
@@ -127,9 +151,9 @@ class TargetStore:
         """Embeddings of candidates lo..hi-1 (rows[lo:hi], or store rows lo..hi-1) on the scoring device."""
         dev = self.scoring_device
         if rows is None:
-            src = self.emb[lo:hi]
+            src = self.emb[lo - self.lo:hi - self.lo]
         else:
-            r = rows[lo:hi]
+            r = rows[lo:hi] - self.lo  # local rows (a sharded store scores only its own)
             src = torch.index_select(self.emb, 0, r.to(self.emb.device),
                                      out=self._buffer(f"gather{slot}", (hi - lo, self.dim), self.emb.dtype, self.emb.device))
         if src.device != dev:  # CPU / memory-mapped store feeding a GPU: via pinned memory
@@ -166,8 +190,8 @@ class TargetStore:
         queries -> [B, m]; [B, m] per query -> [B, m]."""
         dev = self.scoring_device
         qc = q.detach().to(dev, self.compute_dtype)
-        flat = rows.reshape(-1).to(self.emb.device)
-        e = self.emb[flat].to(dev, self.compute_dtype)
+        flat = rows.reshape(-1).cpu()
+        e = self._read(flat).to(dev, self.compute_dtype)
         if self.view is not None:
             e = self.view(e, flat.cpu())
         if rows.dim() == 1:
@@ -180,9 +204,9 @@ class TargetStore:
         """[3] float64: sums of the embeddings, of their squares weighted by row, and of the ages (replicas
         that agree here are, for practical purposes, the same)."""
         out = torch.zeros(3, dtype=torch.float64)
-        for lo in range(0, self.n, chunk):
+        for lo in range(0, self.hi - self.lo, chunk):
             e = torch.as_tensor(self.emb[lo:lo + chunk]).to(torch.float64)
-            w = torch.arange(lo, lo + len(e), dtype=torch.float64).add_(1).unsqueeze(1)
+            w = torch.arange(self.lo + lo, self.lo + lo + len(e), dtype=torch.float64).add_(1).unsqueeze(1)
             out[0] += e.sum().cpu()
             out[1] += (e.square() * w.to(e.device)).sum().cpu()
         out[2] = self.age.to(torch.float64).sum()
@@ -190,7 +214,10 @@ class TargetStore:
 
     def embeddings(self, rows=None) -> torch.Tensor:
         """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only)."""
-        e = self.emb if rows is None else self.emb[torch.as_tensor(rows, dtype=torch.long).to(self.emb.device)]
+        if rows is None:
+            e = self.emb if self.dist is None else self._read(torch.arange(self.n))
+        else:
+            e = self._read(torch.as_tensor(rows, dtype=torch.long).cpu())
         e = e.float().cpu()
         if self.view is not None:
             e = self.view(e, torch.arange(self.n) if rows is None else torch.as_tensor(rows, dtype=torch.long).cpu())
@@ -203,7 +230,12 @@ class TargetStore:
         rows = torch.as_tensor(rows, dtype=torch.long).cpu()
         if not len(rows):
             return
-        self.emb[rows.to(self.emb.device)] = emb.detach().to(self.emb.device, DTYPES[self.dtype])
+        if self.dist is None:
+            self.emb[rows.to(self.emb.device)] = emb.detach().to(self.emb.device, DTYPES[self.dtype])
+        else:  # the rows this process holds
+            mine = (rows >= self.lo) & (rows < self.hi)
+            self.emb[(rows[mine] - self.lo).to(self.emb.device)] = \
+                emb.detach()[mine.to(emb.device)].to(self.emb.device, DTYPES[self.dtype])
         if step is not None:
             self.age[rows] = step
         for fn in self.listeners:
@@ -240,21 +272,25 @@ class TargetStore:
     # ---- checkpoint -----------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         """Embeddings to ``folder/store.npy`` (chunk by chunk, or a kernel copy of the memory map:
-        never a second copy of the store in RAM) and ages to ``folder/store_age.npy``."""
+        never a second copy of the store in RAM) and ages to ``folder/store_age.npy``. Sharded: every
+        process calls it (chunks are collected from all), the one writing with a ``folder``, the others None."""
         from negminer.fileio import copy_file
 
-        folder = Path(folder)
-        if self.path is not None:
+        folder = Path(folder) if folder is not None else None
+        if self.path is not None and self.dist is None:
             self._mm.flush()
             copy_file(self.path, folder / "store.npy")
         else:
-            with open(folder / "store.npy", "wb") as f:
-                np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(_NP[self.dtype])),
-                                                         "fortran_order": False, "shape": (self.n, self.dim)})
-                raw = self.emb.view(torch.int16) if self.dtype == "bf16" else self.emb
+            with open(folder / "store.npy", "wb") if folder is not None else nullcontext() as f:
+                if f is not None:
+                    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(_NP[self.dtype])),
+                                                             "fortran_order": False, "shape": (self.n, self.dim)})
                 for s in range(0, self.n, 1 << 18):
-                    f.write(raw[s:s + (1 << 18)].cpu().numpy().tobytes())
-        np.save(folder / "store_age.npy", self.age.numpy())
+                    part = self.emb[s:s + (1 << 18)] if self.dist is None else self._read(torch.arange(s, min(self.n, s + (1 << 18))))
+                    if f is not None:
+                        f.write((part.view(torch.int16) if self.dtype == "bf16" else part).cpu().numpy().tobytes())
+        if folder is not None:
+            np.save(folder / "store_age.npy", self.age.numpy())
 
     def load(self, folder: Path, target_encodes: int) -> None:
         """Restore what ``save`` wrote (memory-mapped stores: a kernel copy onto ``path``, reopened)."""
@@ -265,16 +301,19 @@ class TargetStore:
         if src.shape != (self.n, self.dim) or src.dtype != _NP[self.dtype]:
             raise ValueError(f"{folder / 'store.npy'}: {src.shape} {src.dtype} does not match the store "
                              f"({self.n}, {self.dim}) {self.dtype}")
-        if self.path is not None:
+        if self.path is not None and self.dist is None:
             del src
             self._mm = None
             self.emb = None
             copy_file(folder / "store.npy", self.path)
             self.emb = self._open_map(reopen=True)
-        else:
-            for s in range(0, self.n, 1 << 18):
-                part = torch.from_numpy(np.array(src[s:s + (1 << 18)]))
-                self.emb[s:s + len(part)] = (part.view(torch.bfloat16) if self.dtype == "bf16" else part).to(self.device)
+        else:  # sharded: this process's rows (saved by any number of processes)
+            for s in range(self.lo, self.hi, 1 << 18):
+                part = torch.from_numpy(np.array(src[s:min(self.hi, s + (1 << 18))]))
+                self.emb[s - self.lo:s - self.lo + len(part)] = \
+                    (part.view(torch.bfloat16) if self.dtype == "bf16" else part).to(self.emb.device)
+            if self.path is not None:
+                self._mm.flush()
         self.age[:] = torch.from_numpy(np.load(folder / "store_age.npy")).to(torch.int32)
         self.target_encodes = target_encodes
         for fn in self.listeners:

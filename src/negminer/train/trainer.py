@@ -184,11 +184,12 @@ class Trainer:
     # ---- the store ------------------------------------------------------------------------
     def _make_store(self, resume: bool) -> TargetStore:
         cfg, n, d = self.cfg, self.dataset.num_targets, self.model.dim
-        nbytes = n * d * {"fp32": 4, "fp16": 2, "bf16": 2}[cfg.store_dtype]
+        shard = self.dist if cfg.store_shard and self.dist.on else None  # this process holds 1/W of the rows
+        nbytes = -(-n // (shard.world if shard else 1)) * d * {"fp32": 4, "fp16": 2, "bf16": 2}[cfg.store_dtype]
         path = cfg.store_path or None
         if path is None and cfg.store_max_ram_mb and nbytes > cfg.store_max_ram_mb * 2**20:
             path = str(self.run_dir / "store.npy")
-        if path is not None and self.dist.on:  # each rank keeps its own copy (dist.py: replicated)
+        if path is not None and self.dist.on:  # each rank keeps its own copy (or its shard)
             path = str(Path(path).with_suffix(f".rank{self.dist.rank}.npy"))
         device = torch.device("cpu")
         if path is None:
@@ -200,7 +201,7 @@ class Trainer:
                 free, _ = torch.cuda.mem_get_info(self.device)
                 device = self.device if nbytes < 0.5 * free else torch.device("cpu")
         store = TargetStore(self.dataset.target_ids, self.target_inputs, d, dtype=cfg.store_dtype, path=path,
-                            device=device, reopen=resume)
+                            device=device, reopen=resume, shard=shard)
         if store.device.type == "cpu" and self.device.type == "cuda":
             store.feed_device = self.device  # score on the GPU, chunks staged through pinned memory
         return store
@@ -521,7 +522,7 @@ class Trainer:
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
     def save(self) -> None:
-        if self.dist.on and self.store is not None:  # the replicas must not have drifted apart (dist.py)
+        if self.dist.on and self.store is not None and not self.store.sharded:  # replicas must not drift (dist.py)
             c = self.store.checksum()
             if os.environ.get("NEGMINER_TEST_SKEW_RANK") == str(self.dist.rank):  # tests: a drifted replica
                 c[0] += 1.0
@@ -540,6 +541,8 @@ class Trainer:
         if self.dist.main:  # the ranks' states are the same (dist.py): rank 0 writes them
             save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
                             sampler_meta=meta)
+        elif self.store is not None and self.store.sharded:  # rank 0 collects the rows from every process
+            self.store.save(None)
         self.dist.barrier()
         self.last_checkpoint_step = self.step
 
