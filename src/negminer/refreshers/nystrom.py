@@ -72,10 +72,10 @@ class Nystrom(Refresher):
         a = fit_map(old, new, ridge)
         rest = torch.ones(len(rows), dtype=torch.bool)
         rest[pick] = False
-        rest = rows[rest]
+        rest = self.store.held(rows[rest])  # a sharded store (torchrun): each process moves its own rows
         for s in range(0, len(rest), self.chunk):
             r = rest[s:s + self.chunk]
-            self.store.write(r, self._moved(self.store.embeddings(r), a), None)
+            self.store.write(r, self._moved(self.store.embeddings(r, local=True), a), None)
 
     def _moved(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         y = x @ a

@@ -212,10 +212,17 @@ class TargetStore:
         out[2] = self.age.to(torch.float64).sum()
         return out
 
-    def embeddings(self, rows=None) -> torch.Tensor:
-        """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only)."""
+    def held(self, rows: torch.Tensor) -> torch.Tensor:
+        """The ``rows`` this process holds (all of them unless sharded)."""
+        return rows if self.dist is None else rows[(rows >= self.lo) & (rows < self.hi)]
+
+    def embeddings(self, rows=None, local: bool = False) -> torch.Tensor:
+        """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only). ``local``: rows
+        this process holds (``held``), read without a collective."""
         if rows is None:
             e = self.emb if self.dist is None else self._read(torch.arange(self.n))
+        elif local and self.dist is not None:
+            e = self.emb[(torch.as_tensor(rows, dtype=torch.long) - self.lo).to(self.emb.device)]
         else:
             e = self._read(torch.as_tensor(rows, dtype=torch.long).cpu())
         e = e.float().cpu()
