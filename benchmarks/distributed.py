@@ -69,7 +69,9 @@ def one(setup: str, neg: str, procs: int, steps: int, batch: int, tmp: Path) -> 
 def draw_worker(n: int, dim: int, b: int, k: int, reps: int, sharded: int, out: str) -> None:
     """Under torchrun or alone: one streaming draw (exact softmax sampler, k without replacement) over a
     store of n random rows, ``reps`` times; each rank scores its share of the rows (samplers/base.py), or
-    with ``sharded`` 0 all of them (what every rank did before the pass was split)."""
+    with ``sharded`` 0 all of them (what every rank did before the pass was split); ``sharded`` 2: each
+    rank also holds only its rows (--store-shard)."""
+    import resource
     import time
 
     import torch
@@ -80,10 +82,11 @@ def draw_worker(n: int, dim: int, b: int, k: int, reps: int, sharded: int, out: 
     from negminer.store import TargetStore
 
     d = dist.init_from_env()
-    g = torch.Generator().manual_seed(0)
-    store = TargetStore(range(n), range(n), dim)
-    store.write(torch.arange(n), torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1), 0)
-    q = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=-1)
+    store = TargetStore(range(n), range(n), dim, shard=d if sharded == 2 else None)
+    for s0 in range(0, n, 1 << 16):  # the same rows in every setting, never all of them at once
+        e = torch.randn(min(n - s0, 1 << 16), dim, generator=torch.Generator().manual_seed(s0))
+        store.write(torch.arange(s0, s0 + len(e)), torch.nn.functional.normalize(e, dim=-1), 0)
+    q = torch.nn.functional.normalize(torch.randn(b, dim, generator=torch.Generator().manual_seed(-1)), dim=-1)
     pos = torch.arange(b)
     s, times = ExactSampler(k), []
     for t in range(reps + 1):  # the first pass warms caches and buffers
@@ -94,7 +97,9 @@ def draw_worker(n: int, dim: int, b: int, k: int, reps: int, sharded: int, out: 
         draw = s.sample(q, batch, store)
         times.append(time.perf_counter() - t0)
     if d.main:
-        Path(out).write_text(json.dumps({"ms_per_draw": 1000 * sum(times[1:]) / reps, "ids_sum": int(draw.ids.sum())}))
+        Path(out).write_text(json.dumps({"ms_per_draw": 1000 * sum(times[1:]) / reps, "ids_sum": int(draw.ids.sum()),
+                                         "store_mb": store.nbytes / 2**20,
+                                         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     dist.shutdown()
 
 
@@ -112,13 +117,15 @@ def draw_row(procs: int, sharded: int, n: int, dim: int, b: int, k: int, reps: i
     if p.returncode != 0:
         return {"setup": "draw", "processes": procs, "error": p.stderr.strip().splitlines()[-1], "run_command": shown}
     r = json.loads(out.read_text())
-    return {"setup": "draw", "processes": procs, "scoring": "sharded" if sharded else "replicated", "targets": n, "dim": dim, "queries": b, "k": k, "reps": reps,
+    return {"setup": "draw", "processes": procs, "scoring": "sharded" if sharded else "replicated",
+            "store": "sharded" if sharded == 2 else "replicated", "store_mb": round(r["store_mb"], 1),
+            "peak_rss_mb": round(r["peak_rss_mb"]), "targets": n, "dim": dim, "queries": b, "k": k, "reps": reps,
             "ms_per_draw": round(r["ms_per_draw"], 1), "ids_sum": r["ids_sum"], "run_command": shown}
 
 
 def draw_table(rows) -> str:
-    out = ["| targets | dim | queries | k | processes | each process scores | ms per draw | x one process | same draws |",
-           "|---" * 9 + "|"]
+    out = ["| targets | dim | queries | k | processes | each process scores | each process holds | store MB per process "
+           "| peak RSS MB (rank 0) | ms per draw | x one process | same draws |", "|---" * 12 + "|"]
     base = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
     for r in rows:
         if "error" in r:
@@ -127,8 +134,9 @@ def draw_table(rows) -> str:
         x = f"{base['ms_per_draw'] / r['ms_per_draw']:.2f}" if base else "-"
         same = "yes" if base and base["ids_sum"] == r["ids_sum"] else "no"
         part = "all rows" if r["processes"] == 1 or r["scoring"] == "replicated" else f"1/{r['processes']} of the rows"
-        out.append(f"| {r['targets']:,} | {r['dim']} | {r['queries']} | {r['k']} | {r['processes']} | {part} | "
-                   f"{r['ms_per_draw']} | {x} | {same} |")
+        held = f"1/{r['processes']} of the rows" if r.get("store") == "sharded" else "all rows"
+        out.append(f"| {r['targets']:,} | {r['dim']} | {r['queries']} | {r['k']} | {r['processes']} | {part} | {held} | "
+                   f"{r.get('store_mb', '-')} | {r.get('peak_rss_mb', '-')} | {r['ms_per_draw']} | {x} | {same} |")
     return "\n".join(out)
 
 
@@ -166,7 +174,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for setup in args.only or [*SETUPS, "draw"]:
             if setup == "draw":  # the sampler's pass alone: each rank scores half the store
-                for procs, sharded in ((1, 1), (2, 0), (2, 1)):
+                for procs, sharded in ((1, 1), (2, 0), (2, 1), (2, 2)):
                     draws.append({**draw_row(procs, sharded, *map(int, args.draw.split(",")), Path(tmp)), **prov})
                     print(draw_table(draws).splitlines()[-1], flush=True)
                 continue
