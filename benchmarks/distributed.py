@@ -34,15 +34,16 @@ SETUPS = {
                                          "--lr", "2e-5"]),
     "static": dict(data="gcide-rd", args=["--encoder", "static", "--max-length", "32", "--lr", "0.01"]),
 }
-NEGATIVES = {"inbatch": [], "cache": ["--negatives", "cache", "--num-negatives", "8"]}
+NEGATIVES = {"inbatch": [], "cache": ["--negatives", "cache", "--num-negatives", "8"],
+             "cache, --store-shard": ["--negatives", "cache", "--num-negatives", "8", "--store-shard"]}
 # MiniLM with the cache re-encodes ~1,100 targets of 128 tokens a step here (drawn negatives, eval-mode
 # write-back): 30 s a step on two cores, left to a GPU machine
-PLAN = {"minilm": ["inbatch"], "static": ["inbatch", "cache"]}
+PLAN = {"minilm": ["inbatch"], "static": ["inbatch", "cache", "cache, --store-shard"]}
 
 
 def one(setup: str, neg: str, procs: int, steps: int, batch: int, tmp: Path) -> dict:
     s = SETUPS[setup]
-    out = tmp / f"{setup}-{neg}-{procs}"
+    out = tmp / f"{setup}-{neg.split(',')[0]}-{len(NEGATIVES[neg])}-{procs}"
     train = ["train", "--data", str(SHARED_DATA / s["data"]), "--out", str(out), *s["args"], *NEGATIVES[neg],
              "--steps", str(steps), "--batch-size", str(batch // procs), "--seed", "0", "--quiet", "--no-zero-shot",
              "--log-every", str(steps)]
@@ -183,7 +184,9 @@ def main(argv=None) -> int:
                     rows.append({**one(setup, neg, procs, args.steps, args.batch, Path(tmp)), **prov})
                     print(table([rows[-1]]).splitlines()[2], flush=True)
     old = json.loads((RESULTS / "distributed.json").read_text()) if (RESULTS / "distributed.json").exists() else {}
-    rows, draws = rows or old.get("rows", []), draws or old.get("draws", [])  # --only keeps the other table
+    done = {(r["setup"], r["negatives"]) for r in rows}  # --only: the other rows are kept
+    rows = [r for r in old.get("rows", []) if (r["setup"], r["negatives"]) not in done] + rows
+    draws = draws or old.get("draws", [])
     write_result("distributed", {"rows": rows, "draws": draws})
     text = table(rows) + "\n\nThe sampler's pass alone (exact softmax sampler, store in fp32):\n\n" + draw_table(draws)
     atomic_write_text(RESULTS / "distributed.md", text + "\n")
