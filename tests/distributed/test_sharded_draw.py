@@ -42,7 +42,7 @@ def chi2(draws, logits, bins=25):
 def test_sharded_draw_is_the_global_draw(tmp_path, kernel, held):                  # slice) and torch's (sliced)
     out = tmp_path / "draws.json"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(SCRIPT), str(out), "1500", held], capture_output=True, text=True, timeout=300,
+                        str(SCRIPT), str(out), "1000", held], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "NEGMINER_KERNEL": kernel})
     assert p.returncode == 0, p.stderr[-3000:]
     rec = json.loads(out.read_text())
