@@ -98,7 +98,7 @@ class TargetStore:
 
     def _read(self, rows: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of any ``rows`` (global), in the store's dtype on its device; sharded: collective."""
-        if self.dist is None:
+        if self.dist is None or not len(rows):  # (rows are the same on every process: all skip alike)
             return self.emb[rows.to(self.emb.device)]
         mine = (rows >= self.lo) & (rows < self.hi)
         out = torch.zeros(len(rows), self.dim, device=self.dist.device)
