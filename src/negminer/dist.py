@@ -88,17 +88,16 @@ class Dist:
 
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
         """In place: the elementwise sum of ``t`` over the ranks."""
-        if self.on:
-            x = t.to(self.device)
-            dist.all_reduce(x)
-            t.copy_(x)
-        return t
+        return self._reduce_(t, dist.ReduceOp.SUM)
 
     def max_(self, t: torch.Tensor) -> torch.Tensor:
         """In place: the elementwise maximum of ``t`` over the ranks."""
+        return self._reduce_(t, dist.ReduceOp.MAX)
+
+    def _reduce_(self, t: torch.Tensor, op) -> torch.Tensor:
         if self.on:
             x = t.to(self.device)
-            dist.all_reduce(x, dist.ReduceOp.MAX)
+            dist.all_reduce(x, op)
             t.copy_(x)
         return t
 

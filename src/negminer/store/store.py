@@ -96,11 +96,15 @@ class TargetStore:
     def sharded(self) -> bool:
         return self.dist is not None
 
+    def _holds(self, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows)] bool: the rows this process holds."""
+        return (rows >= self.lo) & (rows < self.hi)
+
     def _read(self, rows: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of any ``rows`` (global), in the store's dtype on its device; sharded: collective."""
         if self.dist is None or not len(rows):  # (rows are the same on every process: all skip alike)
             return self.emb[rows.to(self.emb.device)]
-        mine = (rows >= self.lo) & (rows < self.hi)
+        mine = self._holds(rows)
         out = torch.zeros(len(rows), self.dim, device=self.dist.device)
         out[mine.to(out.device)] = self.emb[(rows[mine] - self.lo).to(self.emb.device)].to(out.device, torch.float32)
         return self.dist.sum_(out).to(self.emb.device, DTYPES[self.dtype])
@@ -153,7 +157,7 @@ class TargetStore:
         if rows is None:
             src = self.emb[lo - self.lo:hi - self.lo]
         else:
-            r = rows[lo:hi] - self.lo  # local rows (a sharded store scores only its own)
+            r = rows[lo:hi] - self.lo if self.lo else rows[lo:hi]  # local rows (a sharded store scores its own)
             src = torch.index_select(self.emb, 0, r.to(self.emb.device),
                                      out=self._buffer(f"gather{slot}", (hi - lo, self.dim), self.emb.dtype, self.emb.device))
         if src.device != dev:  # CPU / memory-mapped store feeding a GPU: via pinned memory
@@ -214,7 +218,7 @@ class TargetStore:
 
     def held(self, rows: torch.Tensor) -> torch.Tensor:
         """The ``rows`` this process holds (all of them unless sharded)."""
-        return rows if self.dist is None else rows[(rows >= self.lo) & (rows < self.hi)]
+        return rows if self.dist is None else rows[self._holds(rows)]
 
     def embeddings(self, rows=None, local: bool = False) -> torch.Tensor:
         """float32 CPU copy of the cached embeddings of ``rows`` (all if None; small N only). ``local``: rows
@@ -240,7 +244,7 @@ class TargetStore:
         if self.dist is None:
             self.emb[rows.to(self.emb.device)] = emb.detach().to(self.emb.device, DTYPES[self.dtype])
         else:  # the rows this process holds
-            mine = (rows >= self.lo) & (rows < self.hi)
+            mine = self._holds(rows)
             self.emb[(rows[mine] - self.lo).to(self.emb.device)] = \
                 emb.detach()[mine.to(emb.device)].to(self.emb.device, DTYPES[self.dtype])
         if step is not None:
