@@ -18,13 +18,12 @@ def blobs(k=32, per=16, d=24, noise=0.05, seed=0):
 
 
 @pytest.mark.parametrize("n,size", [(512, 16), (1000, 16), (777, 5), (64, 64), (10, 3)])
-def test_cluster_sizes_are_balanced(n, size):
+def test_clusters_have_exactly_the_size_but_one_remainder(n, size):
     x = torch.randn(n, 8, generator=torch.Generator().manual_seed(n))
     lab = balanced_clusters(x, size, seed=1)
     counts = torch.bincount(lab)
     assert counts.sum() == n and (counts > 0).all()
-    assert counts.max() <= size and counts.max() - counts.min() <= 1
-    assert counts.min() >= min(n, size) // 2
+    assert sorted(counts.tolist()) == sorted([size] * (n // size) + ([n % size] if n % size else []))
 
 
 def test_clusters_recover_separated_blobs():
@@ -94,30 +93,33 @@ def test_unseen_queries_are_encoded_when_reclustering():
     assert asked == [52]
 
 
-def test_expected_in_batch_counts_match_simulation():
-    """c_i(j) of the mixture correction against the frequency of j among query i's in-batch negatives
-    over many epochs (clusters fixed; 512 = 32 clusters of 16, so none straddles a batch)."""
-    x, _ = blobs()
-    nb, pos = make()
+@pytest.mark.parametrize("n,b,size,micro", [(1000, 64, 16, 64), (1000, 64, 16, 32), (777, 40, 8, 40), (777, 40, 8, 16)])
+def test_expected_in_batch_counts_match_simulation(n, b, size, micro):
+    """c_i(j) of the mixture correction against the frequency of j among query i's in-batch negatives in its
+    (micro-)batch over many epochs (clusters fixed; n not a multiple of the cluster size or the batch, so one
+    remainder cluster sits out and clusters would straddle batches if they were not packed whole)."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.nn.functional.normalize(torch.randn(n // 20 + 1, 24, generator=g), dim=1)[torch.arange(n) % (n // 20 + 1)]
+    x = x + 0.05 * torch.randn(n, 24, generator=g)
+    nb, pos = make(n=n, b=b, size=size)
     nb.prepare(0, lambda idx: x[torch.as_tensor(idx)])
     rng = np.random.default_rng(0)
-    epochs = 600
-    counts = np.zeros((512, 250))
+    epochs = 300
+    counts = np.zeros((n, 250))
     for e in range(epochs):
-        nb._perm_epoch = -1
-        nb.seed = 1000 + e  # a fresh cluster order each epoch
-        for s in range(nb.batches_per_epoch):
-            idx = nb.batch(s)
-            picks = [pos[i][rng.integers(len(pos[i]))] for i in idx]
-            for a, i in enumerate(idx):
-                for c, t in enumerate(picks):
-                    if c != a:
-                        counts[i, t] += 1
+        order = nb.layout(0, salt=e)
+        assert len(order) == n - n % size
+        for s in range(nb.batches_per_epoch * b // micro):
+            idx = order[s * micro:(s + 1) * micro]
+            assert len(set(nb.labels[idx].tolist())) == micro // size  # whole clusters only
+            picks = np.array([pos[i][rng.integers(len(pos[i]))] for i in idx])
+            np.add.at(counts, (np.repeat(idx, micro), np.tile(picks, micro)), 1)
+            np.add.at(counts, (idx, picks), -1)  # not its own pick
     freq = counts / epochs
     queries = torch.tensor([0, 3, 17, 100, 301])
     rows = torch.arange(250).unsqueeze(0)
     nb.batch(0)
-    pred = nb.log_batch_count(rows, queries).exp().numpy()
+    pred = nb.log_batch_count(rows, queries, size=micro).exp().numpy()
     for r, i in enumerate(queries.tolist()):
         own = set(pos[i])
         keep = np.array([t not in own for t in range(250)])
@@ -126,10 +128,12 @@ def test_expected_in_batch_counts_match_simulation():
         assert (err < 5 * sd + 1e-3).all(), (i, err.max())
         assert pred[r, keep].sum() == pytest.approx(freq[i, keep].sum(), rel=0.05)
     # size 1 (random batches): the random batcher's counts
-    rb = RandomBatcher(512, 64, 5, pos, 250)
-    nr, _ = make(warmup=3)
+    rb = RandomBatcher(n, b, 5, pos, 250)
+    nr, _ = make(n=n, b=b, size=size, warmup=3)
     nr.batch(0)
-    assert torch.allclose(nr.log_batch_count(rows, queries), rb.log_batch_count(rows, queries).expand(5, -1))
+    assert torch.allclose(nr.log_batch_count(rows, queries, size=micro), rb.log_batch_count(rows, queries, size=micro).expand(5, -1))
+    with pytest.raises(ValueError, match="whole groups"):
+        nb.log_batch_count(rows, queries, size=size // 2 + size)
 
 
 def test_state_round_trip_gives_the_same_batches():

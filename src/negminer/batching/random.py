@@ -3,7 +3,7 @@
 The batch of any step is a pure function of (seed, step), so a resumed run sees exactly the
 batches an uninterrupted run would have seen.
 
-For the in-batch / sampled mixture (losses/inputs.py) the batcher says how often a target shows
+For the in-batch / sampled mixture (pipeline/assemble.py) the batcher says how often a target shows
 up among one query's in-batch negatives: the other B - 1 queries are a uniform sample of the other
 n - 1, and each takes one of its positives uniformly, so target j is expected
     c_batch(j) = (B - 1) / (n - 1) * w_j,   w_j = sum over training queries q with j in pos(q) of 1 / |pos(q)|
@@ -40,10 +40,15 @@ class RandomBatcher:
         """(epoch, batch index within the epoch) of a 0-based step."""
         return divmod(step, self.batches_per_epoch)
 
+    def layout(self, epoch: int, salt: int | None = None) -> np.ndarray:
+        """The epoch's queries in batch order (batches are consecutive slices of B; the rest is dropped).
+        ``salt``: another draw of the same law (``negminer audit`` repeats a step's randomness)."""
+        return np.random.default_rng([self.seed, epoch, 17] + ([] if salt is None else [salt])).permutation(self.n)
+
     def batch(self, step: int) -> np.ndarray:
         epoch, i = self.position(step)
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 17]).permutation(self.n)
+            self._perm = self.layout(epoch)
             self._perm_epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
@@ -59,10 +64,12 @@ class RandomBatcher:
     def load_state(self, tensors: dict, meta: dict) -> None:
         pass
 
-    def log_batch_count(self, rows: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
-        """log c_batch of target ``rows`` (any shape; -inf for targets that are nobody's positive). The
-        same for every query here (``queries``: the batch's training-query indices, for batchers where
-        it is not, e.g. NGAME's; they return [B, m] for rows [1 or B, m])."""
-        b = self.batch_size
+    def log_batch_count(self, rows: torch.Tensor, queries: torch.Tensor | None = None,
+                        size: int | None = None) -> torch.Tensor:
+        """log c_batch of target ``rows`` (any shape; -inf for targets that are nobody's positive) in a
+        (micro-)batch of ``size`` queries (default: the batch; a contiguous slice of a random batch is a
+        random batch). The same for every query here (``queries``: the batch's training-query indices, for
+        batchers where it is not, e.g. NGAME's; they return [B, m] for rows [1 or B, m])."""
+        b = self.batch_size if size is None else size
         c = math.log((b - 1) / max(1, self.n - 1)) if b > 1 else -math.inf
         return (self.log_w[rows.cpu()] + c).float()

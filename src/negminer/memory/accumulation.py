@@ -4,7 +4,8 @@ The optimiser applies (1/K) sum_k grad L(micro-batch k), where micro-batch k hol
 step's B queries. Memory is that of a batch of b; but each query's in-batch negatives are only the
 b - 1 other positives of its micro-batch, so the gradient is not that of a batch of B (GradCache's
 is). Drawn negatives are sampled per micro-batch; the in-batch/sampled mixture uses the micro-batch's
-expected in-batch count, c_b(j) = c_B(j) (b - 1) / (B - 1) (exact for random batches). With
+expected in-batch count, which the batcher gives for a batch of b (random batches: c_B(j) (b - 1) /
+(B - 1); NGAME: micro-batches of whole clusters, so C must divide b). With
 ``--memory contaccum`` each micro-batch's loss also sees the memory bank (memory/contaccum.py).
 
     negminer train --memory accumulation --accumulation 8 --batch-size 512 ...
@@ -16,7 +17,7 @@ import math
 
 import torch
 
-from negminer.samplers import Draw
+from negminer.types import Draw
 
 
 def accumulation_step(tr, step: int, idx, pos_rows) -> float:
@@ -24,10 +25,9 @@ def accumulation_step(tr, step: int, idx, pos_rows) -> float:
     ph, bank = tr.phases, tr.bank
     k = tr.cfg.accumulation
     b = len(idx) // k
-    shift = math.log((b - 1) / (len(idx) - 1))
 
     def count(rows, queries=None):
-        return tr.batcher.log_batch_count(rows, queries) + shift
+        return tr.batcher.log_batch_count(rows, queries, size=b)
 
     extend = None
     if bank is not None and step >= tr.cfg.bank_warmup:
