@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from negminer.losses import SoftmaxLoss, build_loss, loss_inputs
+from negminer.losses import SoftmaxLoss, build_loss
+from negminer.pipeline import loss_inputs
 
 
 def exact_gradient(q: torch.Tensor, E: torch.Tensor, pos_rows: torch.Tensor, excl, scale: float) -> torch.Tensor:
@@ -38,7 +39,8 @@ def sampler_gradient(q, E, batch, draw, scale: float, inbatch: bool, loss_name: 
 
 def diagnose(q, E, batch, sampler, store, inbatch: bool = True, loss_name: str = "softmax", log_batch_count=None) -> dict:
     """Diagnostics of ``sampler`` on one batch; ``q`` [B, d] and ``E`` [N, d] are fresh embeddings."""
-    from negminer.samplers import Draw, inbatch_mask
+    from negminer.pipeline import inbatch_mask
+    from negminer.types import Draw
 
     scale = batch.loss_scale
     n = len(E)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from negminer.fileio import atomic_write_json, atomic_write_text
-from negminer.samplers.exclusions import Exclusions
+from negminer.types import Exclusions
 from negminer.train.duplicates import duplicate_groups
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from negminer.losses import SoftmaxLoss
-from negminer.losses.inputs import loss_inputs
+from negminer.pipeline import loss_inputs
 from negminer.memory.contaccum import MemoryBank
 from negminer.samplers import Batch, Draw, Exclusions
 

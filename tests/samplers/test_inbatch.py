@@ -1,6 +1,7 @@
 import torch
 
-from negminer.samplers import Exclusions, inbatch_mask
+from negminer.pipeline import inbatch_mask
+from negminer.types import Exclusions
 
 
 def test_mask_hides_other_positives_and_duplicate_targets():

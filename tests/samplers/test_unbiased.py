@@ -14,7 +14,8 @@ from samplerkit import batch, make_store, unit
 
 from negminer.batching import RandomBatcher
 from negminer.diagnostics import exact_gradient
-from negminer.losses import SoftmaxLoss, loss_inputs
+from negminer.losses import SoftmaxLoss
+from negminer.pipeline import loss_inputs
 from negminer.samplers import Batch, CacheSampler, Exclusions, TreeSampler
 
 N, D = 400, 16
@@ -96,7 +97,8 @@ def skewed_batches(k, b, scale, reps, seed, n, replacement=False):
         for r in range(reps):
             idx = np.concatenate([[0], rng.choice(np.arange(1, n), b - 1, replace=False)])
             pos = torch.tensor([pos_lists[i][0] for i in idx])
-            bt = Batch(r, pos, Exclusions([{int(p)} for p in pos], 300), E[pos], torch.Generator().manual_seed(r), scale)
+            ex = Exclusions([{int(p)} for p in pos], 300)
+            bt = Batch(r, pos, ex, E[pos], torch.Generator().manual_seed(r), scale, positives=ex)
             yield idx, pos, bt, s.sample(Q[idx], bt, store)
     return E, Q, batcher, z_true, g_star, draws()
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from negminer.cli import main
-from negminer.losses import SoftmaxLoss, loss_inputs
+from negminer.losses import SoftmaxLoss
+from negminer.pipeline import loss_inputs
 from negminer.samplers import Batch, Draw, Exclusions
 
 BASE = ["--encoder", "static", "--batch-size", "8", "--lr", "0.05", "--seed", "5", "--quiet", "--no-zero-shot",
@@ -155,7 +156,8 @@ def test_shared_pool_matches_a_brute_force_softmax():
     ids = torch.tensor([[10, 11], [1, 12], [13, 0]])
     mask = torch.tensor([[False, False], [False, False], [False, True]])
     neg = torch.randn(b, k, d, generator=g)
-    bt = Batch(0, torch.tensor([0, 1, 2]), Exclusions([{0}, {1}, {2}], 20), pos, g, 1.0)
+    bt = Batch(0, torch.tensor([0, 1, 2]), Exclusions([{0}, {1}, {2}], 20), pos, g, 1.0,
+               positives=Exclusions([{0}, {1}, {2}], 20))
     loss = SoftmaxLoss()
     got = loss(**loss_inputs(loss, q, pos, 1.0, bt, Draw(ids, mask), neg, True, share=True))
     flat, fids, fmask = neg.reshape(-1, d), ids.reshape(-1), mask.reshape(-1)

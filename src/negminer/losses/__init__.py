@@ -5,7 +5,6 @@ import inspect
 
 from negminer.losses.cache_surrogate import CacheSurrogateLoss
 from negminer.losses.decoupled import DecoupledSoftmaxLoss
-from negminer.losses.inputs import loss_inputs
 from negminer.losses.softmax import SoftmaxLoss
 from negminer.losses.topk import SoftTopKLoss, soft_topk
 from negminer.losses.triplet import TripletLoss
@@ -50,4 +49,4 @@ def build_loss(name: str, **options):
 
 
 __all__ = ["SoftmaxLoss", "CacheSurrogateLoss", "DecoupledSoftmaxLoss", "SoftTopKLoss", "TripletLoss", "soft_topk",
-           "build_loss", "loss_options", "loss_inputs", "LOSSES"]
+           "build_loss", "loss_options", "LOSSES"]

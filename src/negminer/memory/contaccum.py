@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from negminer.errors import ConfigError
-from negminer.losses.inputs import first_occurrence, positive_terms
-from negminer.samplers.exclusions import Exclusions
+from negminer.pipeline.assemble import first_occurrence, positive_terms
+from negminer.types import Exclusions
 
 
 def newest_occurrence(rows: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ class MemoryBank:
         return Exclusions.from_pairs(s - self.seq[0], rows, len(self), n)
 
     def extend(self, kw: dict, batch, num_targets: int) -> dict:
-        """The loss inputs of a micro-batch (``kw`` from losses.inputs, in-batch pool included) with the
+        """The loss inputs of a micro-batch (``kw`` from pipeline.assemble, in-batch pool included) with the
         bank's candidates and, for the dual bank, its anchors."""
         if not len(self):
             return kw

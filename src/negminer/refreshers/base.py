@@ -9,18 +9,9 @@ sampler reads (None: every row), set once by ``setup``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class Fresh:
-    step: int                                  # the step just taken (its embeddings predate the update)
-    pos_rows: torch.Tensor                     # [B] positives' store rows
-    pos_emb: torch.Tensor                      # [B, d] their training-forward embeddings (detached)
-    drawn: torch.Tensor | None = None          # distinct drawn rows encoded with gradient this step
-    drawn_emb: torch.Tensor | None = None      # their training-forward embeddings (detached)
+from negminer.types import Fresh  # noqa: F401 (re-exported: what a refresher sees)
 
 
 class Refresher:

@@ -8,16 +8,16 @@ target encode is counted in one place); keeping the store fresh is the refresher
 
 from negminer.samplers.all import AllSampler
 from negminer.samplers.ance import AnceSampler
-from negminer.samplers.base import Batch, Draw, Sampler
+from negminer.samplers.base import Sampler
 from negminer.samplers.cache import CacheSampler
 from negminer.samplers.cache_stream import CacheStreamSampler
 from negminer.samplers.exact import ExactSampler
-from negminer.samplers.exclusions import Exclusions
 from negminer.samplers.gumbel import gumbel_topk
-from negminer.samplers.inbatch import InBatchSampler, inbatch_mask
+from negminer.samplers.inbatch import InBatchSampler
 from negminer.samplers.mined import MinedSampler
 from negminer.samplers.tree import TreeSampler
 from negminer.samplers.uniform import UniformSampler
+from negminer.types import Batch, Draw, Exclusions
 
 SAMPLERS = {"inbatch": InBatchSampler, "uniform": UniformSampler, "exact": ExactSampler, "ance": AnceSampler,
             "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler, "tree": TreeSampler,
@@ -58,6 +58,6 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
     return CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
 
 
-__all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk", "inbatch_mask",
+__all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk",
            "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler",
            "TreeSampler", "AllSampler"]

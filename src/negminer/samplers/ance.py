@@ -69,7 +69,7 @@ class AnceSampler(Sampler):
         rank = bad.cumsum(1)  # keep the first `top` usable candidates only
         keys = keys.masked_fill(torch.arange(ids.shape[1]) - rank >= self.top, math.inf)
         pick = keys.topk(min(self.k, ids.shape[1]), dim=1, largest=False).indices
-        return Draw(ids.gather(1, pick), torch.isinf(keys.gather(1, pick)))
+        return Draw(ids.gather(1, pick), torch.isinf(keys.gather(1, pick)), drop=self.margin_drop(q, batch, store))
 
     def proposal(self, q, batch, store):
         extra = int(torch.bincount(batch.excl.qi, minlength=len(q)).max()) if len(batch.excl.qi) else 0

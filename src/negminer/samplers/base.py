@@ -1,61 +1,25 @@
-"""What a sampler sees (Batch) and returns (Draw), and the one streaming draw over the store.
+"""The sampler interface and the one streaming draw over the store.
 
 A sampler proposes k negatives per query from the store and says how likely each was to be in
-the sample: ``log_pi`` is the log inclusion probability (without replacement) or the log expected
-count k q (with replacement), so that sum_{drawn} exp(s_j) / pi_j is unbiased for sum_j exp(s_j).
-For the in-batch mixture it also gives ``pool_log_pi``: the same quantity for each batch positive,
-per query (-inf where the sampler could not have drawn it).
+the sample (``Draw``, negminer/types.py): ``log_pi`` is the log inclusion probability (without
+replacement) or the log expected count k q (with replacement), so that sum_{drawn} exp(s_j) / pi_j
+is unbiased for sum_j exp(s_j). For the in-batch mixture it also gives ``pool_log_pi``: the same
+quantity for each batch positive, per query (-inf where the sampler could not have drawn it), and
+with a margin ``drop``: which rows the margin removed from each query's eligible set.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from negminer.samplers.exclusions import Exclusions
 from negminer.samplers.gumbel import ReplacementStream, TopKStream
+from negminer.types import Batch, Draw
 
 NEG_INF = -math.inf
 NOISE_BLOCK = 1 << 20  # candidates per RNG call of a streaming pass
-
-
-@dataclass
-class Batch:
-    step: int
-    pos_rows: torch.Tensor           # [B] target row of each query's positive this step (CPU)
-    excl: Exclusions                 # rows never to use as negatives, per query (positives, duplicates)
-    pos_emb: torch.Tensor            # [B, d] fresh positive embeddings, detached
-    generator: torch.Generator       # CPU, seeded from (seed, step)
-    loss_scale: float                # 1 / loss temperature
-    device_generator: torch.Generator | None = None  # on the scoring device, seeded from (seed, step)
-    queries: torch.Tensor | None = None  # [B] training-query index of each row (samplers with per-query lists)
-    positives: Exclusions | None = None  # every positive of each query (losses that read pool_pos)
-    dist: object | None = None       # negminer.dist.Dist under torchrun: each rank scores its shard of the store
-
-    def gen(self, device) -> torch.Generator:
-        device = torch.device(device)
-        if device.type == "cpu" or self.device_generator is None:
-            return self.generator
-        return self.device_generator
-
-
-@dataclass
-class Draw:
-    ids: torch.Tensor                       # [B, k] target rows (CPU)
-    mask: torch.Tensor                      # [B, k] True = not a usable negative
-    log_pi: torch.Tensor | None = None      # [B, k] log inclusion probability / expected count (None: no correction)
-    pool_log_pi: torch.Tensor | None = None  # [B, B] the same for each batch positive (in-batch mixture)
-    log_z: torch.Tensor | None = None       # [B] logsumexp of usable stale scores x loss scale
-    cross: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows [M] -> [B, M] log expected count of
-    # each row among each query's usable draws (shared negatives: every query's pi of every draw)
-
-    @staticmethod
-    def empty(b: int) -> "Draw":
-        return Draw(torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, 0, dtype=torch.bool))
 
 
 class Sampler:
@@ -65,6 +29,7 @@ class Sampler:
     k = 0
     needs_store = True
     all_targets = False  # True: every target is a negative (the trainer encodes them all; samplers/all.py)
+    shared = False  # --share-negatives: every query scores every query's draws, so each query needs its own noise
 
     def __init__(self, k: int = 0, margin: float | None = None, sample_temperature: float | None = None,
                  replacement: bool = False):
@@ -85,6 +50,10 @@ class Sampler:
     def pool_rows(self, store) -> torch.Tensor | None:
         """The store rows the sampler reads, for the refreshers (None: all)."""
         return None
+
+    def candidates(self, store) -> torch.Tensor | None:
+        """The store rows the sampler draws from (None: all): the rows its margin can drop."""
+        return self.pool_rows(store)
 
     def pool_size(self, store) -> int:
         """How many targets the sampler draws from (for option checks)."""
@@ -109,6 +78,23 @@ class Sampler:
         if self.margin is None:
             return None
         return (q.float() * batch.pos_emb.to(q.device).float()).sum(-1) - self.margin
+
+    def margin_drop(self, q: torch.Tensor, batch: Batch, store, cand: torch.Tensor | None = None):
+        """``Draw.drop``: rows [M] -> [B, M] bool, True where the margin removed the row from query i's eligible
+        set (its stale score, as the pass computes it, above ``margin_over``); rows outside the sampler's
+        candidates ``cand`` are never dropped (in-batch-only terms). None without a margin."""
+        over = self.margin_over(q, batch)
+        if over is None:
+            return None
+        over = over.float().cpu()
+
+        def drop(rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.reshape(-1).cpu()
+            out = store.scores(q, rows).cpu() > over.unsqueeze(1)
+            if cand is not None:
+                out &= torch.isin(rows, cand.cpu()).unsqueeze(0)
+            return out
+        return drop
 
 
 def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: torch.Tensor | None = None,
@@ -137,6 +123,9 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     g, d = batch.gen(dev), batch.dist if batch.dist is not None else getattr(store, "dist", None)
     sharded = d is not None and d.on
     replacement = sampler.replacement and selection == "sample"
+    # shared negatives: a query's estimate uses the other queries' thresholds, so their noise must be
+    # independent of its own (the stride-1 windows of one array are shifted copies): a window per query
+    independent = sampler.shared and not replacement and selection == "sample"
     if sharded and replacement:  # each rank draws from its shard with its own noise; the shard pick is shared
         seeds = torch.randint(2**62, (2,), generator=g, device=dev).tolist()
         pick = torch.Generator(device=dev).manual_seed(seeds[0])
@@ -144,10 +133,15 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     if replacement:
         acc = ReplacementStream(b, k, g, dev, scale=scale, log_z_scales=lz_scales, watch=watch)
     else:
-        acc = TopKStream(b, k, g, dev, noise=selection == "sample", stride=1, log_z_scales=lz_scales, watch=watch)
+        acc = TopKStream(b, k, g, dev, noise=selection == "sample", independent=independent, log_z_scales=lz_scales,
+                         watch=watch)
     over = sampler.margin_over(q.to(dev), batch)
     m = store.n if rows is None else len(rows)
-    blocks = _pass_blocks(m, store.chunk_size(), _mine(store, rows, rows_sorted, d) if sharded else slice(0, m))
+    chunk = store.chunk_size()
+    if independent:  # one block (a [B, chunk] noise array) per chunk, of bounded size
+        chunk = min(chunk, max(4096, (1 << 22) // max(1, b)))
+    blocks = _pass_blocks(m, chunk, _mine(store, rows, rows_sorted, d) if sharded else slice(0, m),
+                          one_per_chunk=independent)
     spans = [sp for _, _, cs in blocks for sp in cs]
     starts = torch.tensor([s for s, _ in spans] + [spans[-1][1] if spans else 0], device=dev)
     ex_b = torch.searchsorted(ex_p, starts).tolist()            # the exclusion pairs of each chunk
@@ -169,12 +163,13 @@ def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: to
     pool = None
     if log_pi is not None:
         logits = torch.full((b * b,), NEG_INF, device=dev)
-        logits[widx] = acc.watched
-        pool = acc.log_pi_of(logits.view(b, b), _drawn(ids, mask, pr))
+        logits[widx] = acc.watched  # recorded before the pass's exclusions: a query never draws its excluded rows
+        logits = logits.view(b, b).masked_fill(batch.excl.contains(pr.unsqueeze(0).expand(b, -1)).to(dev), NEG_INF)
+        pool = acc.log_pi_of(logits, _drawn(ids, mask, pr))
     log_z = acc.log_z[batch.loss_scale].cpu() if sampler.want_log_z else None
     cross = None if log_pi is None else _cross(sampler, q, batch, store, acc, ids, mask, rows)
     return Draw(ids.cpu(), mask.cpu(), None if log_pi is None else log_pi.cpu(),
-                None if pool is None else pool.cpu(), log_z, cross)
+                None if pool is None else pool.cpu(), log_z, cross, sampler.margin_drop(q, batch, store, rows))
 
 
 def _mine(store, rows: torch.Tensor | None, rows_sorted: bool, d) -> slice:
@@ -190,10 +185,10 @@ def _mine(store, rows: torch.Tensor | None, rows_sorted: bool, d) -> slice:
     return slice(lo, hi)
 
 
-def _pass_blocks(m: int, chunk: int, mine: slice) -> list[tuple[int, int, list[tuple[int, int]]]]:
+def _pass_blocks(m: int, chunk: int, mine: slice, one_per_chunk: bool = False) -> list[tuple[int, int, list[tuple[int, int]]]]:
     """The noise blocks of a pass over m candidates, (start, end, this rank's chunks in it): one RNG call
-    per block of about 2^20 candidates, whole chunks each; a rank (torchrun) scores only ``mine``."""
-    block = chunk * max(1, NOISE_BLOCK // chunk)
+    per block of about 2^20 candidates (or per chunk), whole chunks each; a rank (torchrun) scores only ``mine``."""
+    block = chunk if one_per_chunk else chunk * max(1, NOISE_BLOCK // chunk)
     out = []
     for bs in range(0, m, block):
         be = min(m, bs + block)
@@ -220,8 +215,10 @@ def _cross(sampler, q, batch, store, acc, ids, mask, cand):
     return cross
 
 
-def dense_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, cand: torch.Tensor, scores: torch.Tensor) -> Draw:
-    """The same draw over per-query candidates (``cand`` [B, M] rows, ``scores`` [B, M], -inf: padding)."""
+def dense_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, cand: torch.Tensor, scores: torch.Tensor,
+               drop=None) -> Draw:
+    """The same draw over per-query candidates (``cand`` [B, M] rows, ``scores`` [B, M], -inf: padding);
+    ``drop``: the margin's ``Draw.drop``."""
     b, k, scale = len(q), sampler.k, sampler.scale(batch)
     dense = batch.excl.contains(cand.cpu()).to(scores.device) | torch.isneginf(scores)
     watch_hit = cand.unsqueeze(1) == batch.pos_rows.to(cand.device).view(1, b, 1)       # [B, B, M]
@@ -242,7 +239,7 @@ def dense_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, cand: torch.Tens
     pool_logits = torch.where(watch_hit, logits.unsqueeze(1), torch.full_like(watch_hit, NEG_INF, dtype=logits.dtype))
     pool = acc.log_pi_of(pool_logits.amax(2), _drawn(ids, mask, batch.pos_rows.to(ids.device)))
     log_z = acc.log_z[batch.loss_scale].cpu() if sampler.want_log_z else None
-    return Draw(ids.cpu(), mask.cpu(), log_pi.cpu(), pool.cpu(), log_z)
+    return Draw(ids.cpu(), mask.cpu(), log_pi.cpu(), pool.cpu(), log_z, drop=drop)
 
 
 def _drawn(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,8 @@ class CacheSampler(Sampler):
 
     def sample(self, q, batch, store):
         if self.prefilter is not None:
-            return dense_draw(self, q.cpu(), batch, *self._candidates(q, store, batch.step))
+            return dense_draw(self, q.cpu(), batch, *self._candidates(q, store, batch.step),
+                              drop=self.margin_drop(q, batch, store, None if self.full else self.rows))
         return stream_draw(self, q, batch, store, None if self.full else self.rows)
 
     def proposal(self, q, batch, store):

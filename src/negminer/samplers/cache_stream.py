@@ -39,6 +39,9 @@ class CacheStreamSampler(Sampler):
             self._rows = torch.tensor(list(self.queue), dtype=torch.long)
         return self._rows
 
+    def candidates(self, store):
+        return self.rows
+
     def sample(self, q, batch, store):
         if not self.queue:
             return Draw.empty(len(q))

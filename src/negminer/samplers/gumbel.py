@@ -23,9 +23,11 @@ sampling (slot m keeps its draw with probability Z_old / (Z_old + Z_chunk)); not
 
 Noise: a pass draws n + (B - 1) s uniform numbers (in blocks, ``pass_noise``) and query b reads
 the window starting at b s (a strided view, no copy). Within a query the noise is i.i.d., so each
-query's draw has exactly the Gumbel-top-k law; queries share values at shifted positions (their
-draws are not independent of each other, which no estimator here needs), and the RNG cost is per
-target, not per (query, target).
+query's draw has exactly the Gumbel-top-k law, and the RNG cost is per target, not per (query,
+target). Queries share values at shifted positions, so their draws are not independent of each
+other: a query's own estimate does not care, but shared negatives do (each query weighs the other
+queries' draws by their thresholds, which must not depend on its own noise), so with
+``independent=True`` each query reads a window of its own (B x n numbers per pass).
 
 Example::
 
@@ -138,9 +140,10 @@ class _Stream:
 class TopKStream(_Stream):
     """Gumbel-top-k without replacement (``noise=False``: the exact top-k, no weights)."""
 
-    def __init__(self, b, k, generator=None, device=None, noise: bool = True, stride: int = 1, **kw):
+    def __init__(self, b, k, generator=None, device=None, noise: bool = True, stride: int = 1, independent: bool = False,
+                 **kw):
         super().__init__(b, k, generator, device, **kw)
-        self.noise, self.stride = noise, stride
+        self.noise, self.stride, self.independent = noise, stride, independent
         self.keys = torch.full((b, k + 1), NEG_INF, device=self.device)
         self.logits = torch.full((b, k + 1), NEG_INF, device=self.device)
         self.pos = torch.zeros((b, k + 1), dtype=torch.long, device=self.device)
@@ -150,7 +153,11 @@ class TopKStream(_Stream):
         query b reads flat[b * stride + j - start] for candidate j, so within a query every candidate
         has its own value. ``lo``..``hi``: keep only what candidates lo..hi-1 read (a rank's shard under
         torchrun); their values, and the generator's state after, are those of the whole pass."""
-        if self.noise:
+        if self.noise and self.independent:  # a window of ``length`` per query: B x length values, all drawn
+            self.stride = length  # (under torchrun every rank draws the whole block: the generators stay equal)
+            flat = kernel.gumbel(self.b * length, self.g) if self.device.type == "cpu" else None
+            self.flat_noise = (start, length, gumbel_noise(self.b * length, self.g, self.device) if flat is None else flat)
+        elif self.noise:
             lo, hi = (start, start + length) if lo is None else (lo, hi)
             tail = (self.b - 1) * self.stride
             flat = kernel.gumbel(hi - lo + tail, self.g, lo - start) if self.device.type == "cpu" else None
@@ -166,7 +173,8 @@ class TopKStream(_Stream):
             s0, length, flat = self.flat_noise
             if s0 <= start and start + c <= s0 + length:
                 return flat[start - s0:], self.stride
-        return gumbel_noise(c + (self.b - 1) * self.stride, self.g, self.device), self.stride
+        stride = c if self.independent else self.stride
+        return gumbel_noise(c + (self.b - 1) * stride, self.g, self.device), stride
 
     def add(self, scores: torch.Tensor, start: int = 0, scale: float = 1.0, pairs=None, dense=None, over=None):
         """``scores`` [B, c] for candidate positions start..start+c-1 (a scratch buffer: excluded

@@ -10,17 +10,7 @@ of one, or the same target drawn twice). No extra target is encoded.
 
 from __future__ import annotations
 
-import torch
-
 from negminer.samplers.base import Draw, Sampler
-from negminer.samplers.exclusions import Exclusions
-
-
-def inbatch_mask(pos_rows: torch.Tensor, excl: Exclusions) -> torch.Tensor:
-    """[B, B] bool, True where column j must not be used as a negative for row i."""
-    b = len(pos_rows)
-    mask = excl.contains(pos_rows.to(excl.device).unsqueeze(0).expand(b, -1)).cpu()
-    return mask | torch.eye(b, dtype=torch.bool)
 
 
 class InBatchSampler(Sampler):

@@ -255,7 +255,7 @@ class TreeSampler(Sampler):
                            "tree_logz_gap": float((up_b - lo_b)[fin].mean()) if bool(fin.any()) else 0.0,
                            "tree_exact_mass": float((z_ex - log_z).exp()[fin].mean()) if bool(fin.any()) else 1.0,
                            "tree_short": int(mask.sum())}
-        return Draw(ids, mask, log_pi, pool, z_for_loss, cross)
+        return Draw(ids, mask, log_pi, pool, z_for_loss, cross, self.margin_drop(q, batch, store))
 
     def _fall_back(self, q, batch, store, scored: float) -> Draw:
         self.log_z_bounds = None
@@ -284,6 +284,14 @@ class TreeSampler(Sampler):
         ratio = (m_n - env3[qi, blk, within]).exp().view(len(qh), -1).mean(1)
         out[qh] = torch.where(ratio > 0, z_rest_up[qh] + ratio.clamp(min=1e-30).log(), torch.full_like(ratio, NEG_INF))
         return out
+
+    def margin_drop(self, q, batch, store, cand=None):
+        """As the base's, with the scores ``_usable`` compares (float32 products with the stored rows)."""
+        over = self.margin_over(q, batch)
+        if over is None:
+            return None
+        qf, over = q.detach().float().cpu(), over.float().cpu()
+        return lambda rows: qf @ store.embeddings(rows.reshape(-1).cpu()).T > over.unsqueeze(1)
 
     def _cross_logits(self, q, batch, store, scale, rows):
         """[B, M] logits of ``rows`` for every query, -inf where unusable (excluded, margin)."""

@@ -28,7 +28,7 @@ class UniformSampler(Sampler):
 
         def cross(rows):  # a row excluded for a query is never among its usable draws
             return torch.full((b, len(rows)), lp).masked_fill(excl.contains(rows.expand(b, -1)), -math.inf)
-        return Draw(ids, excl.contains(ids), torch.full((b, self.k), lp), torch.full((b, b), lp), cross=cross)
+        return Draw(ids, excl.contains(ids), torch.full((b, self.k), lp), cross(batch.pos_rows), cross=cross)
 
     def proposal(self, q, batch, store):
         logq = torch.full((len(q), store.n), -math.log(store.n))

@@ -25,9 +25,9 @@ from negminer.config import TrainConfig, save_config
 from negminer.errors import ConfigError, TrainingDiverged
 from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
 from negminer.hooks import default_hooks
-from negminer.losses import build_loss, loss_inputs
-from negminer.losses.inputs import all_inputs
+from negminer.losses import build_loss
 from negminer.memory import encode_cached
+from negminer.pipeline import all_inputs, loss_inputs
 from negminer.refreshers import Fresh, build_refreshers
 from negminer.samplers import Batch, Draw, Exclusions, build_sampler
 from negminer.store import TargetStore
@@ -147,7 +147,7 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, **cfg.loss_options())
         mined = None
         if cfg.negatives == "mined":
-            from negminer.samplers.mined import mined_lists
+            from negminer.data.mined import mined_lists
 
             mined = mined_lists(self.dataset, self.qids, cfg.mined_file or None)
         self.sampler = build_sampler(cfg, replacement=self.loss_fn.replacement, mined=mined)
@@ -268,8 +268,7 @@ class Trainer:
         g = torch.Generator().manual_seed(seed)
         dev = self.store.scoring_device if self.store is not None else torch.device("cpu")
         dg = torch.Generator(device=dev).manual_seed(seed) if dev.type != "cpu" else None
-        positives = Exclusions([self.pos_sets[i] for i in idx], self.dataset.num_targets) \
-            if "pool_pos" in self.loss_fn.needs else None
+        positives = Exclusions([self.pos_sets[i] for i in idx], self.dataset.num_targets)
         return Batch(step, torch.as_tensor(pos_rows, dtype=torch.long),
                      Exclusions([self.exclude(i) for i in idx], self.dataset.num_targets),
                      pos_emb.detach(), g, float(self.model.logit_scale().detach()), dg,

@@ -1,4 +1,5 @@
-"""From a draw to a loss's keyword arguments: the one place that knows how pools combine.
+"""From a draw to a loss's keyword arguments: the one place that knows how pools combine (the
+composition lives here, not in losses/, which see tensors only).
 
 A loss declares the fields it reads (``needs``: ``pool`` in-batch negatives, ``neg`` drawn
 negatives, ``log_pi`` their correction, ``log_z`` the cache's partition function); the trainer
@@ -7,10 +8,17 @@ and the diagnostics call ``loss(**loss_inputs(...))`` and never branch on the lo
 In-batch and drawn negatives together (Yang et al., "Mixed Negative Sampling for Learning Two-tower
 Neural Networks in Recommendations", WWW 2020): both are samples of the same targets, so each
 candidate j of query i gets the expected number of times it appears in either,
-    pi_ij = c_batch(j) + pi_sampler(i, j),
-(c_batch from the batcher: how often j is another query's positive in a random batch) and
-sum_{j in both pools} exp(s_ij) / pi_ij estimates the partition function once (the balance
-heuristic of multiple importance sampling). Without a correcting sampler the pool is left as is.
+    pi_ij = c_i(j) + pi_sampler(i, j),
+and sum_{j in both pools} exp(s_ij) / pi_ij estimates the partition function once (the balance
+heuristic of multiple importance sampling). The in-batch count c_i(j) is taken given the batch's
+queries, sum over the other queries m of the batch of w_m(j) = [j in pos(m)] / |pos(m)| (each draws
+one of its positives), wherever a sampler could have drawn j: exact given the batch, so the estimate
+stays unbiased when the sampled part depends on the batch too (shared negatives: every query's
+draws). Where no sampler could draw j (outside a partial cache or a stream's queue), the batch is
+the only source and c_i(j) is its expectation over batches (the batcher's ``log_batch_count``:
+random batches, NGAME's whole clusters). Without a correcting sampler the pool is left as is.
+Each query's estimate is over its eligible rows: not its positives or their duplicates, and not the
+rows the sampler's margin dropped (``Draw.drop``), whichever pool brings them.
 """
 
 from __future__ import annotations
@@ -19,7 +27,23 @@ import math
 
 import torch
 
-from negminer.samplers.inbatch import inbatch_mask
+from negminer.types import Exclusions
+
+
+def inbatch_mask(pos_rows: torch.Tensor, excl: Exclusions) -> torch.Tensor:
+    """[B, B] bool, True where column j (the positive of query j) must not be a negative for row i: the
+    label itself (j = i), and targets excluded for query i (its positives, their duplicates)."""
+    b = len(pos_rows)
+    mask = excl.contains(pos_rows.to(excl.device).unsqueeze(0).expand(b, -1)).cpu()
+    return mask | torch.eye(b, dtype=torch.bool)
+
+
+def pool_mask(batch, draw) -> torch.Tensor:
+    """The in-batch pool's mask: ``inbatch_mask`` and the columns the sampler's margin dropped."""
+    mask = inbatch_mask(batch.pos_rows, batch.excl)
+    if draw is not None and draw.drop is not None:
+        mask |= draw.drop(batch.pos_rows).cpu()
+    return mask
 
 
 def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log_batch_count=None,
@@ -35,7 +59,7 @@ def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log
     corrected = "log_pi" in needs and draw.log_pi is not None and neg is not None
     if use_pool:
         kw["pool"] = pos
-        kw["pool_mask"] = inbatch_mask(batch.pos_rows, batch.excl).to(dev)
+        kw["pool_mask"] = pool_mask(batch, draw).to(dev)
         if "pool_pos" in needs and batch.positives is not None:
             kw["pool_pos"] = pool_positives(batch).to(dev)
     if "neg" in needs and neg is not None:
@@ -45,15 +69,43 @@ def loss_inputs(loss, q, pos, scale, batch, draw, neg, inbatch: bool = True, log
         neg_lp, pool_lp = draw.log_pi, draw.pool_log_pi
         if use_pool and log_batch_count is not None:
             b = len(batch.pos_rows)
-            neg_lp = torch.logaddexp(neg_lp, log_batch_count(draw.ids, batch.queries))
-            cb = log_batch_count(batch.pos_rows.unsqueeze(0), batch.queries).expand(b, -1)
-            pool_lp = cb if pool_lp is None else torch.logaddexp(pool_lp, cb)
+            neg_lp = mixture_log_count(batch, draw.ids, neg_lp, log_batch_count)
+            if pool_lp is None:
+                pool_lp = torch.full((b, b), -math.inf)
+            pool_lp = mixture_log_count(batch, batch.pos_rows.unsqueeze(0), pool_lp, log_batch_count)
         kw["neg_log_pi"] = neg_lp.to(dev)
         if use_pool and pool_lp is not None:
             kw["pool_log_pi"] = pool_lp.to(dev)
     if "log_z" in needs:
         kw["log_z"] = None if draw.log_z is None else draw.log_z.to(dev)
     return kw
+
+
+def mixture_log_count(batch, rows: torch.Tensor, sampled: torch.Tensor, log_batch_count) -> torch.Tensor:
+    """[B, m] log expected count of candidate ``rows`` ([1 or B, m]) in query i's pools: the sampled part
+    ``sampled`` ([1 or B, m], -inf where no sampler could draw the row) plus the in-batch pool's, given the
+    batch's queries where a sampler could draw the row, over batches (the batcher's) where it could not."""
+    b = len(batch.pos_rows)
+    rows = rows.cpu().reshape(len(rows), -1).expand(b, -1)
+    sampled = sampled.cpu().expand(b, -1)
+    given = log_count_given_batch(batch, rows)
+    over = log_batch_count(rows, batch.queries).expand(b, -1)
+    return torch.logaddexp(sampled, torch.where(torch.isfinite(sampled), given, over))
+
+
+def log_count_given_batch(batch, rows: torch.Tensor) -> torch.Tensor:
+    """[B, m] log of sum over the batch's other queries m of [row in pos(m)] / |pos(m)|: how often ``rows``
+    ([B, m]) show up among query i's in-batch negatives given the batch's queries."""
+    pos = batch.positives
+    if pos is None:
+        raise ValueError("the in-batch count given the batch needs Batch.positives (every positive of each query)")
+    b = len(batch.pos_rows)
+    size = torch.bincount(pos.qi.cpu(), minlength=b).clamp(min=1).double()
+    uniq, inv = rows.unique(return_inverse=True)
+    w = pos.contains(uniq.unsqueeze(0).expand(b, -1)).cpu().double() / size.unsqueeze(1)   # [B, U]: w_m(u)
+    total = w.sum(0)[inv]                                                                   # [B, m]
+    own = w.gather(1, inv)                                                                  # w_i(row)
+    return (total - own).clamp(min=0).log().float()
 
 
 def pool_positives(batch) -> torch.Tensor:
@@ -104,6 +156,8 @@ def shared_inputs(q, pos, scale, batch, draw, neg, inbatch: bool = True, log_bat
     ids = draw.ids.reshape(-1)
     flat = neg.reshape(len(ids), neg.shape[-1])
     mask = batch.excl.contains(ids.expand(b, -1)) | draw.mask.reshape(1, -1)
+    if draw.drop is not None:  # another query's draw above this query's margin
+        mask |= draw.drop(ids).cpu()
     pools, masks, lps = [flat], [mask.to(dev)], []
     corrected = draw.log_pi is not None
     if corrected:
@@ -111,16 +165,16 @@ def shared_inputs(q, pos, scale, batch, draw, neg, inbatch: bool = True, log_bat
             raise ValueError("shared negatives need the sampler's cross inclusion probabilities (Draw.cross)")
         lp = draw.cross(ids).logsumexp(0, keepdim=True)                     # [1, B k]
         if inbatch and log_batch_count is not None:
-            lp = torch.logaddexp(lp, log_batch_count(ids.unsqueeze(0), batch.queries))
+            lp = mixture_log_count(batch, ids.unsqueeze(0), lp, log_batch_count)
         lps.append(lp.expand(b, -1))
     if inbatch:
         pools.insert(0, pos)
-        masks.insert(0, inbatch_mask(batch.pos_rows, batch.excl).to(dev))
+        masks.insert(0, pool_mask(batch, draw).to(dev))
         if corrected:
             plp = (draw.pool_log_pi.logsumexp(0, keepdim=True) if draw.pool_log_pi is not None
                    else torch.full((1, b), -math.inf))
             if log_batch_count is not None:
-                plp = torch.logaddexp(plp, log_batch_count(batch.pos_rows.unsqueeze(0), batch.queries))
+                plp = mixture_log_count(batch, batch.pos_rows.unsqueeze(0), plp, log_batch_count)
             lps.insert(0, plp.expand(b, -1))
     kw = {"q": q, "pos": pos, "scale": scale, "pool": torch.cat(pools), "pool_mask": torch.cat(masks, 1)}
     if corrected:

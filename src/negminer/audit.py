@@ -1,0 +1,226 @@
+"""Is the training loss an unbiased estimate of the full softmax for this configuration? (``negminer audit``)
+
+A sampled softmax stays right only if every candidate's weight is its expected count in the query's
+pools (in-batch, drawn, other queries' draws) and every query scores the same eligible set of
+targets, whichever pool brings them. ``audit_draws`` checks that for a set of anchor queries: it
+repeats K times everything random in a step around them (the batch the batcher would put each in,
+from a fresh layout of the epoch, the micro-batch under accumulation, the positive drawn for each
+query, the negative draw), assembles the loss inputs exactly as training does
+(``pipeline.loss_inputs``) with every candidate scored with fresh embeddings, and compares with
+brute force over every target:
+
+    z_ratio         mean over anchors and draws of Z_hat / Z. Z sums exp(<q, fresh> / tau) over the
+                    anchor's eligible targets (not a positive or the duplicate of one, not dropped by
+                    the margin, which compares stale scores with the drawn positive's); Z_hat sums
+                    the loss's negative terms, each divided by its expected count (its denominator
+                    without the positive). Unbiased: 1 within ``z_ratio_se``.
+    zgrad_t         || mean (grad_q Z_hat - grad_q Z) / Z ||^2 over its expected squared standard
+                    error: about 1 when the gradient of the estimate is unbiased, growing with the
+                    draws when it is not.
+    grad_rel_bias   || mean sampled d loss / d q - exact || / || exact ||, the exact gradient being the
+                    loss with every eligible target (``grad_rel_bias_se``: the same norm of the noise
+                    alone). The loss is a nonlinear function of Z_hat, so a small bias that shrinks
+                    with k remains even for an unbiased Z_hat; reported, not a pass/fail.
+
+Standard errors come from the per-draw means (draws are independent; anchors in one batch are not).
+Where a configuration has no correction by design (in-batch alone, ANCE, mined lists, exact top-k,
+ContAccum's bank, the cache surrogate) there is no Z_hat to check and the result says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from negminer.losses.decoupled import candidate_scores
+from negminer.pipeline import all_inputs, loss_inputs
+from negminer.types import Batch, Exclusions
+
+NEG_INF = -math.inf
+
+
+@dataclass
+class Setup:
+    """The pieces of a step as training builds them."""
+
+    sampler: object
+    store: object                                     # None for samplers without one
+    batcher: object
+    loss: torch.nn.Module
+    make_batch: Callable[..., Batch]                  # (step, idx, pos_rows, pos_emb, micro) -> Batch
+    positives: list[list[int]]                        # per training query, its positive rows
+    exclude: Callable[[int], set[int]]                # per training query, rows never negatives
+    inbatch: bool = True
+    share: bool = False
+    accumulation: int = 1
+    negative_grad: str = "target"                     # none: drawn negatives scored with the stored embeddings
+
+
+def log_z_hat(kw: dict) -> torch.Tensor | None:
+    """[B] log of the loss's estimate of each query's partition function over its negatives, from the
+    inputs ``loss_inputs`` assembled; None when some negative term carries no correction."""
+    if "pool" not in kw and "neg" not in kw:
+        return None
+    args = {k: kw.get(k) for k in ("pool", "pool_mask", "pool_log_pi", "neg", "neg_mask", "neg_log_pi", "pool_pos")}
+    s, _, is_neg, log_pi = candidate_scores(kw["q"], kw["pos"], kw["scale"], **args)
+    sampled = (kw.get("pool") is not None and kw.get("pool_log_pi") is None) or \
+              (kw.get("neg") is not None and kw.get("neg_log_pi") is None)
+    if sampled or log_pi is None:
+        return None
+    return (s - log_pi).masked_fill(~is_neg, NEG_INF).logsumexp(1)
+
+
+def no_correction(setup: Setup, loss_name: str, cfg=None) -> str | None:
+    """Why this configuration has no partition-function estimate to check (None: it has one)."""
+    s = setup.sampler
+    if getattr(s, "all_targets", False):
+        return "every target is a negative (--negatives all): the loss is exact, nothing is estimated"
+    if loss_name == "cache-surrogate":
+        return "the cache surrogate uses the stale partition function from the pass, not an estimate of the fresh one"
+    if loss_name == "triplet":
+        return "the triplet loss takes the hardest negatives as found: no correction by design"
+    if cfg is not None and cfg.memory == "contaccum":
+        return "ContAccum's bank holds past batches' targets without inclusion probabilities: no correction by design"
+    if not s.k:
+        return "in-batch negatives alone are uncorrected by design (the batch is the estimate)"
+    if s.name in ("ance", "mined") or getattr(s, "selection", "sample") == "topk":
+        return f"--negatives {s.name}{' --selection topk' if s.name == 'exact' else ''} draws without " \
+               "inclusion probabilities: no correction by design"
+    return None
+
+
+def eligible(setup: Setup, q: torch.Tensor, p_emb: torch.Tensor, anchor: int, n: int) -> torch.Tensor:
+    """[n] bool: the targets anchor's estimate is over, for the drawn positive ``p_emb``: not excluded, and
+    not above the margin by the stale score (rows outside the sampler's candidates are never dropped)."""
+    ok = torch.ones(n, dtype=torch.bool)
+    ok[torch.as_tensor(sorted(setup.exclude(anchor)), dtype=torch.long)] = False
+    margin = getattr(setup.sampler, "margin", None)
+    if margin is not None and setup.store is not None:
+        over = float((q.float() * p_emb.float()).sum()) - margin
+        stale = setup.store.scores(q.unsqueeze(0), torch.arange(n)).cpu()[0]
+        drop = stale > over
+        cand = setup.sampler.candidates(setup.store)
+        if cand is not None:
+            drop &= torch.isin(torch.arange(n), cand.cpu())
+        ok &= ~drop
+    return ok
+
+
+def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], fresh: torch.Tensor,
+                anchors: list[int], draws: int, epoch: int = 0, step0: int = 1 << 30, seed: int = 0,
+                progress: bool = False) -> dict:
+    """Repeat the randomness of a step ``draws`` times around ``anchors`` (training-query indices) and compare
+    the loss's estimates with brute force; ``query_emb(idx) -> [len, d]`` fresh query embeddings, ``fresh``
+    [N, d] every target's fresh embedding. See the module docstring for the figures returned."""
+    b_all, k_acc = setup.batcher.batch_size, setup.accumulation
+    b = b_all // k_acc
+    nbat = setup.batcher.batches_per_epoch
+    anchors = [int(a) for a in anchors]
+    want = set(anchors)
+    n = len(fresh)
+    z_rows, zg_rows, g_rows, gs_rows = [], [], [], []  # (draw, anchor, value)
+    from tqdm.auto import tqdm
+
+    for r in tqdm(range(draws), disable=not progress, desc="audit", unit="draw"):
+        order = setup.batcher.layout(epoch, salt=seed * 1_000_003 + r)[: nbat * b_all]
+        where = {int(x): i for i, x in enumerate(order) if int(x) in want}
+        micro = sorted({(i // b_all, (i % b_all) // b) for i in where.values()})
+        for bi, j in micro:
+            idx = order[bi * b_all + j * b: bi * b_all + (j + 1) * b]
+            rng = np.random.default_rng([seed, r, bi, j, 29])
+            pos_rows = [setup.positives[i][rng.integers(len(setup.positives[i]))] for i in idx]
+            pr = torch.as_tensor(pos_rows, dtype=torch.long)
+            q = query_emb(idx).float()
+            p = fresh[pr]
+            batch = setup.make_batch(step0 + r * nbat + bi, idx, pos_rows, p, j if k_acc > 1 else 0)
+            draw = setup.sampler.sample(q, batch, setup.store) if setup.sampler.k else _empty(len(idx))
+            neg = None
+            if draw.ids.numel():
+                src = setup.store.embeddings(draw.ids.reshape(-1)).view(*draw.ids.shape, -1) \
+                    if setup.negative_grad == "none" else fresh[draw.ids]
+                neg = src.masked_fill(draw.mask.unsqueeze(-1), 0.0)
+            count = None
+            if setup.inbatch and hasattr(setup.batcher, "log_batch_count"):
+                def count(rows, queries=None, _b=b):
+                    return setup.batcher.log_batch_count(rows, queries, size=_b)
+            qq = q.clone().requires_grad_(True)
+            kw = loss_inputs(setup.loss, qq, p, batch.loss_scale, batch, draw, neg, setup.inbatch, count, setup.share)
+            lzh = log_z_hat(kw)
+            if lzh is None:
+                raise ValueError("audit: this configuration's loss has uncorrected negative terms")
+            rows = [i for i, x in enumerate(idx) if int(x) in want]
+            exact = [_exact(setup, q[i], p[i], int(idx[i]), fresh, batch.loss_scale, pos_rows[i]) for i in rows]
+            lz = torch.stack([e[0] for e in exact])
+            ratio = (lzh[rows].detach() - lz).exp()
+            gz = torch.autograd.grad((lzh[rows] - lz).exp().sum(), qq, retain_graph=True)[0][rows]
+            gl = torch.autograd.grad(setup.loss(**kw) * len(idx), qq)[0][rows]
+            for t, i in enumerate(rows):
+                a = int(idx[i])
+                z_rows.append((r, a, float(ratio[t])))
+                zg_rows.append((r, a, gz[t] - exact[t][1]))
+                if exact[t][2] is not None:
+                    g_rows.append((r, a, gl[t] - exact[t][2]))
+                    gs_rows.append((r, a, exact[t][2]))
+    return _summary(z_rows, zg_rows, g_rows, gs_rows, draws, len(anchors))
+
+
+def _empty(b: int):
+    from negminer.types import Draw
+
+    return Draw.empty(b)
+
+
+def _exact(setup: Setup, q: torch.Tensor, p: torch.Tensor, anchor: int, fresh: torch.Tensor, scale: float,
+           pos_row: int):
+    """(log Z, grad_q Z / Z, exact loss gradient or None) for one anchor and its drawn positive."""
+    ok = eligible(setup, q, p, anchor, len(fresh))
+    logits = (fresh @ q.float()) * scale
+    logits = logits.masked_fill(~ok, NEG_INF)
+    lz = logits.logsumexp(0)
+    gz = scale * (logits - lz).exp() @ fresh
+    one = Batch(0, torch.tensor([pos_row]), Exclusions([setup.exclude(anchor)], len(fresh)), p.unsqueeze(0),
+                torch.Generator(), scale, positives=Exclusions([set(setup.positives[anchor])], len(fresh)))
+    qq = q.float().unsqueeze(0).clone().requires_grad_(True)
+    kw = all_inputs(setup.loss, qq, scale, one, fresh)
+    if "pool" not in getattr(setup.loss, "needs", ()):
+        return lz, gz, None
+    kw["pool_mask"] = kw["pool_mask"] | ~ok.unsqueeze(0)
+    kw["pool_mask"][0, pos_row] = True
+    g = torch.autograd.grad(setup.loss(**kw), qq)[0][0]
+    return lz, gz, g
+
+
+def _summary(z_rows, zg_rows, g_rows, gs_rows, draws: int, anchors: int) -> dict:
+    z = np.array([v for _, _, v in z_rows])
+    per_draw: dict[int, list[float]] = {}
+    for r, _, v in z_rows:
+        per_draw.setdefault(r, []).append(v)
+    dm = np.array([np.mean(v) for v in per_draw.values()])
+    out = {"z_ratio": float(z.mean()), "z_ratio_se": float(dm.std(ddof=1) / math.sqrt(len(dm))) if len(dm) > 1 else math.nan,
+           "draws": draws, "anchors": anchors, "instances": len(z)}
+    bias2, noise2, _ = _vector_bias(zg_rows)
+    out["zgrad_t"] = float(bias2 / noise2) if noise2 > 0 else math.nan
+    if g_rows:
+        bias2, noise2, _ = _vector_bias(g_rows)
+        _, _, scale = _vector_bias(gs_rows)
+        out["grad_rel_bias"] = float(math.sqrt(bias2) / scale)
+        out["grad_rel_bias_se"] = float(math.sqrt(noise2) / scale)
+    return out
+
+
+def _vector_bias(rows) -> tuple[float, float, float]:
+    """Per anchor the mean of its vectors: (sum ||mean||^2, sum of tr(cov) / count, sqrt of sum ||mean||^2)."""
+    by: dict[int, list[torch.Tensor]] = {}
+    for _, a, v in rows:
+        by.setdefault(a, []).append(v.detach().double())
+    b2 = n2 = 0.0
+    for vs in by.values():
+        x = torch.stack(vs)
+        b2 += float(x.mean(0).pow(2).sum())
+        if len(x) > 1:
+            n2 += float(x.var(0).sum()) / len(x)
+    return b2, n2, math.sqrt(b2)
