@@ -110,3 +110,82 @@ def test_shared_negatives_are_unbiased_for_identical_queries_and_duplicate_targe
     zs = np.array(zs)
     se = zs.std() / math.sqrt(len(zs))
     assert abs(zs.mean() - 1) < 3 * se, (zs.mean(), se)
+
+
+# ---- 6. Nystrom moves only the cohort its map describes ---------------------------------------------------
+
+def test_nystrom_leaves_rows_encoded_since_the_last_update_as_they_are():
+    """Half the pool written back fresh, a fraction of it re-encoded in the update's step: the map (exact here:
+    the tower's change is linear) moves only the rows as old as its landmarks; the fresh ones stay fresh. At
+    e2b1f5c the fresh half went from 0 to 0.11 staleness and this step's re-encoded rows from 0 to ~1."""
+    from samplerkit import encoder
+
+    from negminer.refreshers import Fraction, Fresh, Nystrom, relative_change
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 400, 16
+    X = torch.randn(n, d, generator=g)
+    Y = X @ (torch.eye(d) + 0.4 * torch.randn(d, d, generator=g))   # the tower now
+    store, model = make_store(X)
+    model.E = Y
+    fr, ny = Fraction(0.1, "random"), Nystrom(landmarks=64, every=5, ridge=0.0)
+    for r in (fr, ny):
+        r.setup(store, None, encoder(store, model), seed=0)
+    half = torch.arange(0, n, 2)
+    store.write(half, Y[half], 4)                                    # step 4's write-back: fresh rows
+    f = Fresh(4, half[:3], Y[half[:3]])
+    fr.after_step(f)                                                 # re-encodes 40 rows at step 5
+    now = (store.age == 5).nonzero().flatten()
+    ny.after_step(f)                                                 # the update at step 5
+    assert ny.stats["nystrom_applied"] == 1.0
+    assert relative_change(store.embeddings(half), Y[half]) < 1e-10
+    assert relative_change(store.embeddings(now), Y[now]) < 1e-10
+    old = torch.arange(1, n, 2)
+    assert relative_change(store.embeddings(old), Y[old]) < 1e-6 < relative_change(X[old], Y[old])
+
+
+# ---- 7. the corrector leaves the rows the step just encoded ---------------------------------------------
+
+@pytest.mark.parametrize("apply", ["all", "scored"])
+def test_corrector_does_not_move_the_rows_written_back_this_step(apply):
+    """Write-back writes a step's rows with age = that step; the corrector's rewrite after it (age < step + 1)
+    moved them too, the most drawn rows of the cache (staleness 0.005 -> 0.130). They stay as written now."""
+    from samplerkit import encoder
+
+    from negminer.refreshers import Corrector, Fresh
+
+    g = torch.Generator().manual_seed(1)
+    n, d = 600, 16
+    X = torch.randn(n, d, generator=g)
+    Y = X + 0.4 * torch.tanh(X @ (torch.randn(d, d, generator=g) / 4))
+    store, model = make_store(X)
+    model.E = Y
+    c = Corrector(d, apply=apply, every=10, lr=3e-3, warmup=5)
+    c.setup(store, None, encoder(store, model), seed=0)
+    order = torch.randperm(n, generator=g)
+    for step in range(40):
+        rows = order[step * 12:(step + 1) * 12]
+        store.write(rows, Y[rows], step)          # the write-back of ``step``: age = step
+        c.after_step(Fresh(step, rows, Y[rows]))
+    assert c.active(40)
+    # step 39 (a rewrite step: 40 % 10 == 0) wrote ``rows``: read back exactly as written
+    torch.testing.assert_close(store.embeddings(rows), Y[rows], rtol=0, atol=0)
+    rest = order[480:]                            # never written: corrected
+    assert not torch.equal(store.embeddings(rest), X[rest])
+
+
+# ---- 8. each part draws from its own generator ------------------------------------------------------------
+
+def test_fraction_and_nystrom_draw_different_rows_with_seed_zero():
+    """With --seed 0 both seeded their generators with the step alone: Nystrom's landmarks were the rows the
+    fraction refresher had just re-encoded (no drift to fit: Nystrom never applied)."""
+    from negminer.refreshers import Fraction, Nystrom
+
+    store, _ = make_store(torch.randn(1000, 8))
+    fr, ny = Fraction(0.05, "random"), Nystrom(landmarks=50, every=5)
+    fr.setup(store, None, None, seed=0)
+    ny.setup(store, None, None, seed=0)
+    for step in (5, 10, 15):
+        a = set(fr.rows(step).tolist())
+        b = set(ny.landmark_positions(1000, step).tolist())
+        assert len(a & b) < 12, (step, len(a & b))  # chance: 50 x 50 / 1000 = 2.5

@@ -16,10 +16,12 @@ identity on the newest pairs, scored before it trains on them (``corrector_ratio
 their staleness with h over without, below 1).
 
 Applied either
-  ``all``     every ``every`` steps, h(raw) of every row not encoded that step is written to the store
+  ``all``     every ``every`` steps, h(raw) of every row not encoded in the step just taken (its
+              write-back, age = that step, or a refresh, age = the next) is written to the store
               (ages kept: moved, not re-encoded), so indexes on it (tree, IVF prefilter) follow; or
   ``scored``  the store keeps raw embeddings and every read of it (the sampling pass, cross logits)
-              goes through h, so only the rows a sampler scores are corrected (cache, exact,
+              goes through h, except for the rows encoded in the step just taken, so only the rows a
+              sampler scores are corrected (cache, exact,
               prefiltered cache; not the tree, whose bounds hold for the stored rows, nor ance,
               which draws from a snapshot of the store).
 h never sees the training loss (its outputs reach the sampler without gradient), and the drift loss
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from negminer.refreshers.base import Fresh, Refresher, relative_change
+from negminer.rng import generator, seed_of
 
 
 class CorrectorNet(nn.Module):
@@ -71,7 +74,7 @@ class Corrector(Refresher):
         self.apply_mode, self.every, self.warmup, self.normalize, self.chunk = apply, every, warmup, normalize, chunk
         self.cap, self.batch = buffer, batch
         with torch.random.fork_rng(devices=[]):  # its initialisation is fixed by the seed alone
-            torch.manual_seed(seed * 15_485_863 + 3)
+            torch.manual_seed(seed_of(seed, 0, "corrector-init"))
             self.net = CorrectorNet(dim, width or 2 * dim, depth, age)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.pairs_x = torch.zeros(buffer, dim)
@@ -119,8 +122,10 @@ class Corrector(Refresher):
         """What a sampler reads in ``scored`` mode: h of the stored (raw) embeddings of ``rows``."""
         if not self.active(self._step):
             return emb
-        age = (self._step - self.raw_step[rows.cpu()]).float()
-        return self.correct(emb.float().cpu(), age).to(emb.device, emb.dtype)
+        raw_step = self.raw_step[rows.cpu()]
+        out = self.correct(emb.float().cpu(), (self._step - raw_step).float()).to(emb.device, emb.dtype)
+        fresh = (raw_step >= self._step - 1).to(emb.device).unsqueeze(1)  # encoded in the step just taken
+        return torch.where(fresh, emb, out)
 
     # ---- each step ------------------------------------------------------------------------
     _step = 0
@@ -169,7 +174,7 @@ class Corrector(Refresher):
         self.filled = min(self.cap, self.filled + len(x))
 
     def _train(self, step: int) -> float:
-        g = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        g = generator(self.seed, step, "corrector")
         i = torch.randint(self.filled, (min(self.batch, self.filled),), generator=g)
         x, y, a = self.pairs_x[i], self.pairs_y[i], self.pairs_a[i]
         with torch.enable_grad():
@@ -183,7 +188,7 @@ class Corrector(Refresher):
 
     def _apply_all(self, step: int) -> None:
         rows = self.pool_rows()
-        rows = rows[self.store.age[rows] < step]  # rows encoded this step are fresh already
+        rows = rows[self.store.age[rows] < step - 1]  # encoded in the step just taken (write-back: age step - 1)
         for s in range(0, len(rows), self.chunk):
             r = rows[s:s + self.chunk]
             self.store.write(r, self.correct(self.raw[r].float(), (step - self.raw_step[r]).float()), None)

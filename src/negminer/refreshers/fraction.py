@@ -15,6 +15,7 @@ import math
 import torch
 
 from negminer.refreshers.base import Fresh, Refresher
+from negminer.rng import generator
 from negminer.store.oldest import OldestFirst
 
 
@@ -41,7 +42,7 @@ class Fraction(Refresher):
             return torch.zeros(0, dtype=torch.long)
         if self.queue is not None:
             return self.queue.pop(count)
-        g = torch.Generator().manual_seed(self.seed * 7919 + step)  # O(count) draws, not a permutation of M
+        g = generator(self.seed, step, "fraction")  # O(count) draws, not a permutation of M
         if 4 * count > len(rows):
             return rows[torch.randperm(len(rows), generator=g)[:count]]
         seen: dict[int, None] = {}

@@ -13,6 +13,12 @@ M - m rows costs O(M d^2), streamed in chunks, no target encodes. Exact when the
 linear and the landmarks span the rows. Moved rows keep their age (they were not re-encoded);
 with ``normalize`` (a tower with unit outputs) they are put back on the sphere.
 
+Which rows: the cohort the map describes, the rows whose embeddings predate the last update (or the
+fill), ``age <= since``: they were all moved to (or encoded by) the tower as it was at that update.
+Landmarks come from the cohort and only the cohort moves; rows encoded since (write-back, fraction,
+this step's encodes) are fresher than the map's inputs and stay as they are (moving a fresh row by
+the average drift of old ones makes it stale). After the update the whole cohort is as of this step.
+
 Every fifth landmark is held out: maps fitted on the other four fifths with ridge r, 10r, ..., 10^6 r
 are scored on it, the best ridge is kept, and if even it leaves the held-out rows staler than
 they were (a drift the map cannot represent, or too few landmarks for d), no row is moved.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from negminer.refreshers.base import Fresh, Refresher, relative_change
+from negminer.rng import generator
 
 
 def fit_map(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -49,13 +56,23 @@ class Nystrom(Refresher):
             raise ValueError("nystrom: landmarks and every must be >= 1 and ridge >= 0")
         self.landmarks, self.every, self.ridge, self.normalize, self.chunk = landmarks, every, ridge, normalize, chunk
 
+    since: int | None = None  # the cohort: rows with age <= since (set at setup, then at each update)
+
+    def setup(self, store, pool, encode, seed: int = 0) -> None:
+        super().setup(store, pool, encode, seed)
+        if self.since is None:  # after the fill (a resumed run restores it)
+            self.since = int(store.age[self.pool_rows()].max())
+
     def after_step(self, f: Fresh) -> None:
         step = f.step + 1
         if step % self.every:
             return
         rows = self.pool_rows()
-        g = torch.Generator().manual_seed(self.seed * 104_729 + step)
-        pick = torch.randperm(len(rows), generator=g)[: self.landmarks]
+        rows = rows[self.store.age[rows] <= self.since]  # the cohort: not encoded since the last update
+        self.since = step
+        if len(rows) < 2:
+            return
+        pick = self.landmark_positions(len(rows), step)
         marks = rows[pick]
         old = self.store.embeddings(marks)
         new = self.encode(marks, step)
@@ -76,6 +93,16 @@ class Nystrom(Refresher):
         for s in range(0, len(rest), self.chunk):
             r = rest[s:s + self.chunk]
             self.store.write(r, self._moved(self.store.embeddings(r, local=True), a), None)
+
+    def landmark_positions(self, m: int, step: int) -> torch.Tensor:
+        """Positions of the landmarks among ``m`` cohort rows at ``step``: uniform, from this part's own generator."""
+        return torch.randperm(m, generator=generator(self.seed, step, "nystrom"))[: self.landmarks]
+
+    def state(self) -> tuple[dict, dict]:
+        return {}, {"since": self.since}
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        self.since = meta.get("since")
 
     def _moved(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         y = x @ a

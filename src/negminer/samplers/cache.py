@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from negminer.rng import generator
 from negminer.samplers.base import Sampler, dense_draw, stream_draw
 from negminer.samplers.prefilter import IVFPrefilter
 from negminer.samplers.proposal import store_proposal
@@ -44,7 +45,7 @@ class CacheSampler(Sampler):
     def setup(self, store, model, step, encode=None):
         if self.rows is None:
             m = self.pool_size(store)
-            g = torch.Generator().manual_seed(self.seed)
+            g = generator(self.seed, 0, "cache-rows")
             self.rows = torch.arange(store.n) if m == store.n else torch.randperm(store.n, generator=g)[:m].sort().values
         self.full = len(self.rows) == store.n
         never = self.rows[store.age[self.rows] < 0]

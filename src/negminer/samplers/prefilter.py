@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from negminer.rng import generator
+
 
 class IVFPrefilter:
     def __init__(self, top: int, nlist: int = 0, nprobe: int = 8, rebuild_every: int = 100, iters: int = 10,
@@ -36,7 +38,7 @@ class IVFPrefilter:
         """k-means (seeded, on at most 64 points per list) over the ``m`` cached embeddings, read in
         chunks with ``emb_fn(positions)`` (float32 [len, d]); assign every row."""
         nlist = min(m, self.nlist or max(1, round(math.sqrt(m))))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        g = generator(self.seed, step, "prefilter")
         train = emb_fn(torch.randperm(m, generator=g)[: 64 * nlist].sort().values)
         c = train[torch.randperm(len(train), generator=g)[:nlist]].clone()
         for _ in range(self.iters):
