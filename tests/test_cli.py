@@ -47,7 +47,24 @@ def test_config_file_and_flag_override(tiny_beir, tmp_path, fmt):
 @pytest.mark.parametrize("argv,msg", [
     (["--negatives", "magic"], "unknown --negatives"),
     (["--loss", "nope"], "unknown --loss"),
-    (["--batch-size", "1"], "batch_size"),
+    (["--batch-size", "1"], "--batch-size 1: must be >= 2"),
+    # options accepted at e2b1f5c that then crashed or did the wrong thing (#25, defect 10)
+    (["--log-every", "0"], "--log-every 0: must be >= 1"),
+    (["--eval-batch-size", "0"], "--eval-batch-size 0: must be >= 1"),
+    (["--seed", "-1"], "--seed -1: must be >= 0"),
+    (["--epochs", "inf"], "--epochs inf: must be a finite number"),
+    (["--sample-temperature", "-1"], "--sample-temperature -1.0: must be >= 0"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm -1.0: must be >= 0"),
+    (["--max-grad-norm", "nan"], "--max-grad-norm nan: must be a finite number"),
+    (["--save-every", "-1"], "--save-every -1: must be >= 0"),
+    (["--eval-every", "-1"], "--eval-every -1: must be >= 0"),
+    (["--negatives", "cache", "--cache-size", "-1"], "--cache-size -1: must be >= 0"),
+    (["--negatives", "cache", "--margin", "nan"], "--margin nan: must be a finite number"),
+    (["--negatives", "ance", "--ance-top", "0"], "--ance-top 0: must be >= 1"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay nan: must be a finite number"),
+    (["--negatives", "uniform", "--margin", "0.1"], "--margin needs a sampler that scores candidates"),
+    (["--batching", "ngame", "--batch-size", "24"], "--ngame-cluster-size 16 must divide the batch"),
     (["--encoder", "no/such/model"], "no such directory"),
     (["--store-shard", "--negatives", "tree"], "--store-shard works with"),
     (["--store-shard", "--negatives", "cache", "--refresh", "write-back,corrector"], "--store-shard works with"),
@@ -56,6 +73,31 @@ def test_bad_options_exit_2(tiny_beir, tmp_path, argv, msg, capsys):
     code = main(["train", "--data", str(tiny_beir), "--out", str(tmp_path / "r"), "--steps", "1", "--quiet",
                  "--encoder", "static", *argv])
     assert code == 2 and msg in capsys.readouterr().err
+
+
+def test_the_python_api_validates_as_the_cli_does(tiny_beir, tmp_path):
+    from negminer.config import TrainConfig
+    from negminer.errors import ConfigError
+    from negminer.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="--batch-size 0: must be >= 2"):  # was a ZeroDivisionError
+        Trainer(TrainConfig(data=str(tiny_beir), out=str(tmp_path / "r"), encoder="static", batch_size=0))
+    with pytest.raises(ConfigError, match="--memory contaccum"):
+        Trainer(TrainConfig(data=str(tiny_beir), out=str(tmp_path / "r"), encoder="static", negatives="cache",
+                            memory="contaccum", accumulation=2, batch_size=8))
+
+
+def test_dry_run_prints_the_pipeline_and_writes_nothing(tiny_beir, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(tiny_beir), "--out", str(out), "--encoder", "static", "--negatives", "cache",
+                 "--margin", "0.1", "--share-negatives", "--refresh", "auto,nystrom", "--refresh-fraction", "0.01",
+                 "--batching", "ngame", "--ngame-cluster-size", "8", "--topk-k", "3", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("batching    ngame", "memory      plain", "sampler     cache", "write-back -> fraction -> nystrom",
+                   "loss        softmax", "shared negatives: one pool", "margin 0.1", "in-batch + drawn mixture",
+                   "note        --topk-k is an option of --loss topk"):
+        assert needle in text, (needle, text)
+    assert not out.exists()
 
 
 def test_bad_config_file(tmp_path, tiny_beir, capsys):

@@ -8,8 +8,8 @@ import os
 import sys
 from dataclasses import MISSING, fields
 
-from negminer import __version__
-from negminer.config import TrainConfig, read_config_file, resolve
+from negminer import __version__, rules
+from negminer.config import LIMITS, TrainConfig, describe_limit, read_config_file, resolve
 from negminer.errors import ConfigError, NegminerError
 
 
@@ -20,7 +20,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        lim = describe_limit(f.name) if f.name in LIMITS and "choices" not in LIMITS[f.name] else ""
+        help_ = f.metadata.get("help", "") + (f"; {lim}" if lim else "") + f" (default: {default})"
         if isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
@@ -28,28 +29,43 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                            metavar=f.name.upper() if f.name not in ("data", "out") else "PATH")
 
 
-def cmd_train(args) -> int:
-    from negminer.train.trainer import Trainer, format_comparison
-
+def train_config(args) -> TrainConfig:
+    """The TrainConfig of ``train``-style arguments (defaults < --config file < flags), checked by the rule
+    table: a bad option or combination stops here, before any work."""
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     if args.max_length is not None:
         flags["query_max_length"] = flags["query_max_length"] or args.max_length
         flags["target_max_length"] = flags["target_max_length"] or args.max_length
     base = {}
-    if args.resume and flags.get("out"):
+    if getattr(args, "resume", False) and flags.get("out"):
         saved = os.path.join(flags["out"], "config.yaml")
         if os.path.exists(saved):
             base = read_config_file(saved)
     if args.config:
         base.update(read_config_file(args.config))
     cfg = resolve(flags, base)
+    pipeline = rules.check(cfg)
+    if not cfg.quiet and not getattr(args, "dry_run", False):
+        for note in pipeline.notes:
+            print(f"negminer: note: {note}", file=sys.stderr)
+    return cfg
+
+
+def cmd_train(args, hooks=None) -> int:
+    cfg = train_config(args)
+    if args.dry_run:
+        print(rules.describe(cfg))
+        return 0
+    from negminer.hooks import default_hooks
+    from negminer.train.trainer import Trainer, format_comparison
+
     if not args.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
         raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
     from negminer import dist
 
     d = dist.init_from_env(cfg.dist_timeout, cfg.device)  # under torchrun: join the other ranks
     try:
-        metrics = Trainer(cfg).run(resume=args.resume)
+        metrics = Trainer(cfg, hooks=default_hooks(cfg) + list(hooks or [])).run(resume=args.resume)
     finally:
         dist.shutdown()
     if d.main:
@@ -94,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a dual encoder", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_args(t)
+    t.add_argument("--dry-run", action="store_true", help="print the resolved pipeline (batcher, memory, sampler, "
+                   "refreshers, loss, corrections) and exit without training or writing a run")
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a saved model (exact or FAISS top-100)")
     e.add_argument("--model", required=True, help="model directory (RUN_DIR/model)")
@@ -149,10 +167,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks=None) -> int:
+    """The command line; ``hooks``: extra training hooks (objects with ``on_step`` and the other events of
+    negminer/hooks.py), for programs that drive the CLI (fault injection in tests, custom logging)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return args.func(args, hooks=hooks) if args.func is cmd_train else args.func(args)
     except NegminerError as e:
         print(f"negminer: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,9 +1,14 @@
-"""Training configuration: defaults < config file (YAML or TOML) < command-line flags."""
+"""Training configuration: defaults < config file (YAML or TOML) < command-line flags.
+
+A leaf (no torch, no other part): ``TrainConfig`` holds every option, ``LIMITS`` each option's range or
+choices, and ``check_options`` checks each option alone. Which parts combine is ``negminer.rules``'s job.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -152,6 +157,83 @@ class TrainConfig:
         return max(1, int(round(self.epochs * batches_per_epoch)))
 
 
+# Each option's range (ge / gt / le: bounds; finite floats unless ``inf`` is allowed) or choices. Options
+# naming parts (negatives, loss, refresh) are checked against the parts themselves (rules.py).
+LIMITS: dict[str, dict] = {
+    "pooling": {"choices": ("mean", "cls")},
+    "temperature": {"gt": 0}, "negative_grad": {"choices": ("target", "none")},
+    "topk_k": {"ge": 1}, "topk_alpha": {"gt": 0}, "triplet_margin": {}, "triplet_hardest": {"ge": 1},
+    "batching": {"choices": ("random", "ngame")}, "ngame_cluster_size": {"ge": 1}, "ngame_warmup": {"ge": 0},
+    "ngame_recluster_every": {"ge": 1}, "ngame_embeddings": {"choices": ("recorded", "encode")},
+    "memory": {"choices": ("plain", "gradcache", "accumulation", "contaccum")}, "accumulation": {"ge": 1},
+    "bank_size": {"ge": 0}, "bank": {"choices": ("dual", "passage")}, "bank_warmup": {"ge": 0}, "chunk_size": {"ge": 0},
+    "num_negatives": {"ge": 0}, "sample_temperature": {"ge": 0}, "margin": {}, "refresh_every": {"ge": 0},
+    "nystrom_landmarks": {"ge": 0}, "nystrom_every": {"ge": 1}, "nystrom_ridge": {"ge": 0},
+    "corrector_apply": {"choices": ("all", "scored")}, "corrector_every": {"ge": 1}, "corrector_width": {"ge": 0},
+    "corrector_depth": {"ge": 1}, "corrector_lr": {"gt": 0}, "corrector_warmup": {"ge": 0},
+    "selection": {"choices": ("sample", "topk")}, "ance_top": {"ge": 1}, "cache_size": {"ge": 0},
+    "refresh_fraction": {"ge": 0, "le": 1}, "refresh_order": {"choices": ("oldest", "random")},
+    "prefilter_top": {"ge": 0}, "prefilter_nprobe": {"ge": 1}, "prefilter_nlist": {"ge": 0}, "prefilter_rebuild": {"ge": 1},
+    "tree_beam": {"ge": 0}, "tree_branching": {"ge": 2}, "tree_leaf_size": {"ge": 1},
+    "stream_policy": {"choices": ("fifo", "lru")}, "store_dtype": {"choices": ("fp32", "fp16", "bf16")},
+    "store_device": {"choices": ("auto", "cpu", "cuda"), "prefix": "cuda:"}, "store_max_ram_mb": {"ge": 0},
+    "write_back": {"choices": ("eval", "train", "none")}, "diagnose_every": {"ge": 0},
+    "steps": {"ge": 0}, "time_budget": {"ge": 0}, "schedule": {"choices": ("linear", "constant")}, "epochs": {"gt": 0},
+    "batch_size": {"ge": 2}, "lr": {"gt": 0}, "weight_decay": {"ge": 0}, "warmup": {"ge": 0}, "max_grad_norm": {"ge": 0},
+    "dist_timeout": {"gt": 0}, "on_nan": {"choices": ("stop", "skip")}, "seed": {"ge": 0, "le": 2**63 - 1},
+    "query_max_length": {"ge": 1}, "target_max_length": {"ge": 1}, "eval_every": {"ge": 0},
+    "eval_every_seconds": {"ge": 0}, "save_every": {"ge": 0}, "log_every": {"ge": 1}, "eval_batch_size": {"ge": 1},
+    "device": {"choices": ("auto", "cpu", "cuda"), "prefix": "cuda:"},
+}
+
+
+def describe_limit(name: str) -> str:
+    """'>= 0', 'in (0, 1]', 'one of a | b', ... for help texts and messages."""
+    lim = LIMITS.get(name, {})
+    if "choices" in lim:
+        return "one of " + " | ".join(lim["choices"]) + (f" | {lim['prefix']}N" if "prefix" in lim else "")
+    lo = f">= {lim['ge']}" if "ge" in lim else f"> {lim['gt']}" if "gt" in lim else ""
+    hi = f"<= {lim['le']}" if "le" in lim else ""
+    return " and ".join(x for x in (lo, hi) if x) or "a finite number"
+
+
+def check_options(cfg: TrainConfig) -> None:
+    """Each option alone: its type, that a number is finite and in its range, that a choice is one of its
+    choices, and the few options with a syntax of their own. Raises ConfigError naming the option."""
+    for f in fields(TrainConfig):
+        v, lim = getattr(cfg, f.name), LIMITS.get(f.name)
+        if v is None and f.default is None:
+            continue
+        typ = f.metadata.get("type", type(f.default))
+        if typ is bool:
+            ok = isinstance(v, bool)
+        elif typ is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif typ is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, typ)
+        if not ok:
+            raise ConfigError(f"option {f.name}: expected {typ.__name__}, got {v!r}")
+        if lim is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if "choices" in lim:
+            if v not in lim["choices"] and not ("prefix" in lim and str(v).startswith(lim["prefix"])):
+                raise ConfigError(f"{flag} {v!r}: must be {describe_limit(f.name)}")
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{flag} {v}: must be a finite number ({describe_limit(f.name)})")
+        if ("ge" in lim and v < lim["ge"]) or ("gt" in lim and v <= lim["gt"]) or ("le" in lim and v > lim["le"]):
+            raise ConfigError(f"{flag} {v}: must be {describe_limit(f.name)}")
+    if cfg.warmup >= 1 and not float(cfg.warmup).is_integer():
+        raise ConfigError(f"--warmup {cfg.warmup}: a fraction in [0, 1) or a whole number of steps")
+    try:
+        [int(e) for e in str(cfg.ngame_curriculum).replace(" ", "").split(",") if e]
+    except ValueError:
+        raise ConfigError(f"--ngame-curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}") from None
+
+
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
@@ -214,110 +296,8 @@ def resolve(overrides: dict, base: dict | None = None) -> TrainConfig:
             raise ConfigError(f"option {k}: expected {typ.__name__}, got {v!r}") from None
         out[k] = v
     cfg = TrainConfig(**out)
-    _validate(cfg)
+    check_options(cfg)
     return cfg
-
-
-def _validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.batch_size >= 2, "batch_size must be at least 2"),
-        (cfg.lr > 0, "lr must be positive"),
-        (cfg.temperature > 0, "temperature must be positive"),
-        (cfg.steps >= 0 and cfg.epochs > 0, "steps must be >= 0 and epochs > 0"),
-        (cfg.warmup >= 0 and (cfg.warmup < 1 or float(cfg.warmup).is_integer()),
-         "warmup is a fraction in [0, 1) or a whole number of steps"),
-        (cfg.time_budget >= 0 and cfg.eval_every_seconds >= 0, "time_budget and eval_every_seconds must be >= 0"),
-        (cfg.schedule in ("linear", "constant"), "schedule must be linear or constant"),
-        (cfg.negative_grad in ("target", "none"), "negative_grad must be target or none"),
-        (cfg.negative_grad == "target" or cfg.negatives in ("cache", "cache-stream", "exact", "ance", "tree"),
-         "--negative-grad none reads the drawn negatives from the store: it needs --negatives cache, cache-stream, "
-         "exact, ance or tree"),
-        (not cfg.share_negatives or cfg.loss == "softmax", "--share-negatives needs --loss softmax"),
-        (not cfg.share_negatives or cfg.prefilter_top == 0,
-         "--share-negatives cannot correct --prefilter-top draws (per-query candidate lists)"),
-        (not cfg.share_negatives or cfg.negatives != "inbatch", "--share-negatives needs a sampler that draws negatives"),
-        (not cfg.mined_file or cfg.negatives == "mined", "--mined-file needs --negatives mined"),
-        (cfg.margin is None or cfg.negatives != "mined",
-         "--margin needs scores: mined lists have none (pass --margin to negminer mine instead)"),
-        (cfg.query_max_length > 0 and cfg.target_max_length > 0, "max lengths must be positive"),
-        (cfg.pooling in ("mean", "cls"), "pooling must be mean or cls"),
-        (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "device: auto, cpu or cuda"),
-        (cfg.num_negatives >= 0, "num_negatives must be >= 0"),
-        (cfg.selection in ("sample", "topk"), "selection must be sample or topk"),
-        (cfg.refresh_order in ("oldest", "random"), "refresh_order must be oldest or random"),
-        (cfg.stream_policy in ("fifo", "lru"), "stream_policy must be fifo or lru"),
-        (cfg.store_dtype in ("fp32", "fp16", "bf16"), "store_dtype must be fp32, fp16 or bf16"),
-        (cfg.store_device in ("auto", "cpu", "cuda") or cfg.store_device.startswith("cuda:"), "store_device: auto, cpu or cuda"),
-        (cfg.store_max_ram_mb >= 0, "store_max_ram_mb must be >= 0"),
-        (cfg.write_back in ("eval", "train", "none"), "write_back must be eval, train or none"),
-        (cfg.on_nan in ("stop", "skip"), "on_nan must be stop or skip"),
-        (not (cfg.loss == "cache-surrogate" and cfg.selection == "topk"),
-         "--loss cache-surrogate needs draws from the softmax; --selection topk gives none"),
-        (not (cfg.negatives == "cache-stream" and cfg.write_back == "none"),
-         "--negatives cache-stream keeps the positives' written-back embeddings; it cannot run with --write-back none"),
-        (cfg.prefilter_top >= 0 and cfg.prefilter_nprobe > 0 and cfg.prefilter_nlist >= 0 and cfg.prefilter_rebuild > 0,
-         "prefilter_top and prefilter_nlist must be >= 0, prefilter_nprobe and prefilter_rebuild > 0"),
-        (cfg.prefilter_top == 0 or cfg.negatives == "cache", "--prefilter-top needs --negatives cache"),
-        (0 <= cfg.refresh_fraction <= 1, "refresh_fraction is a fraction in [0, 1]"),
-        (cfg.loss != "cache-surrogate" or cfg.negatives in ("cache", "cache-stream", "exact", "tree"),
-         "--loss cache-surrogate needs --negatives cache, cache-stream, exact or tree"),
-        (cfg.tree_beam >= 0 and cfg.tree_branching >= 2 and cfg.tree_leaf_size >= 1,
-         "tree_beam must be >= 0, tree_leaf_size >= 1, tree_branching >= 2"),
-        (cfg.negatives != "inbatch" or cfg.inbatch, "--no-inbatch needs a sampler that draws negatives"),
-        (not cfg.store_shard or (cfg.negatives in ("cache", "exact") and cfg.prefilter_top == 0
-                                 and not cfg.corrector and "corrector" not in cfg.refresh),
-         "--store-shard works with --negatives cache or exact (no --prefilter-top) and without the corrector: "
-         "the others read every row of the store on every process"),
-    ]
-    checks.append((cfg.batching in ("random", "ngame") and cfg.ngame_cluster_size >= 1 and cfg.ngame_warmup >= 0
-                   and cfg.ngame_recluster_every >= 1 and cfg.ngame_embeddings in ("recorded", "encode"),
-                   "batching is random or ngame; ngame_cluster_size, ngame_recluster_every >= 1, ngame_warmup >= 0, "
-                   "ngame_embeddings recorded or encode"))
-    try:
-        [int(e) for e in str(cfg.ngame_curriculum).replace(" ", "").split(",") if e]
-    except ValueError:
-        checks.append((False, f"ngame_curriculum: comma-separated epochs, got {cfg.ngame_curriculum!r}"))
-    checks.append((cfg.topk_k >= 1 and cfg.topk_alpha > 0 and cfg.triplet_hardest >= 1 and cfg.chunk_size >= 0,
-                   "topk_k, triplet_hardest >= 1, topk_alpha > 0, chunk_size >= 0"))
-    checks.append((cfg.dist_timeout > 0, "dist_timeout must be positive"))
-    checks.append((cfg.memory in ("plain", "gradcache", "accumulation", "contaccum"),
-                   "memory must be plain, gradcache, accumulation or contaccum"))
-    checks.append((cfg.accumulation >= 1 and cfg.bank_size >= 0 and cfg.bank_warmup >= 0 and cfg.bank in ("dual", "passage"),
-                   "accumulation >= 1, bank_size and bank_warmup >= 0, bank dual or passage"))
-    checks.append((cfg.accumulation == 1 or cfg.memory in ("accumulation", "contaccum"),
-                   "--accumulation needs --memory accumulation or contaccum"))
-    checks.append((cfg.batch_size % cfg.accumulation == 0 and cfg.batch_size // cfg.accumulation >= 2,
-                   f"--batch-size {cfg.batch_size} must split into --accumulation {cfg.accumulation} micro-batches of "
-                   "at least 2 queries"))
-    checks.append((cfg.memory != "contaccum" or (cfg.inbatch and cfg.loss in ("softmax", "decoupled", "topk", "triplet")
-                                                 and not cfg.share_negatives),
-                   "--memory contaccum extends the in-batch pool: it needs in-batch negatives, --loss softmax, decoupled, "
-                   "topk or triplet, and no --share-negatives"))
-    checks.append((cfg.memory != "contaccum" or cfg.negatives in ("inbatch", "mined", "ance")
-                   or (cfg.negatives == "exact" and cfg.selection == "topk"),
-                   "--memory contaccum: the bank holds past batches' targets, whose inclusion probabilities are unknown, "
-                   "so it cannot be mixed with a corrected sampled softmax; use --negatives inbatch, mined, ance or "
-                   "exact --selection topk (or --memory gradcache for a large exact batch)"))
-    checks.append((cfg.memory == "plain" or cfg.negatives != "all",
-                   "--negatives all already encodes its targets in chunks; use it with --memory plain"))
-    checks.append((cfg.negatives != "all" or cfg.loss in ("softmax", "decoupled", "topk", "triplet"),
-                   "--negatives all needs --loss softmax, decoupled, topk or triplet"))
-    checks.append((cfg.loss not in ("decoupled", "topk", "triplet") or cfg.inbatch or cfg.negatives != "inbatch",
-                   f"--loss {cfg.loss} needs negatives: in-batch or drawn"))
-    checks.append((cfg.corrector_apply in ("all", "scored") and cfg.corrector_every >= 1 and cfg.corrector_depth >= 1
-                   and cfg.corrector_width >= 0 and cfg.corrector_warmup >= 0 and cfg.corrector_lr > 0,
-                   "corrector_apply is all or scored; corrector_every, corrector_depth >= 1; width, warmup >= 0"))
-    checks.append((cfg.nystrom_landmarks >= 0 and cfg.nystrom_every >= 1 and cfg.nystrom_ridge >= 0,
-                   "nystrom_landmarks and nystrom_ridge must be >= 0, nystrom_every >= 1"))
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    from negminer.refreshers import refresh_names
-
-    try:
-        refresh_names(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from negminer import rules
 from negminer.cli import main
 from negminer.config import resolve
 from negminer.errors import ConfigError
@@ -40,7 +41,7 @@ def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients(tiny_beir
 
     tr.optimizer_step = capture
     tr.train_step(0)
-    idx, pos_rows = tr._batch(0)
+    idx, pos_rows = tr.batch_rows(0)
     m = tr.model
     m.zero_grad(set_to_none=True)
     for j in range(3):
@@ -117,8 +118,8 @@ def test_contaccum_resume_reproduces_the_uninterrupted_run(tmp_path):
     (dict(memory="contaccum", inbatch=False, negatives="mined"), "in-batch"),
     (dict(memory="accumulation", accumulation=3), "split into --accumulation 3"),
     (dict(memory="plain", accumulation=2), "--accumulation needs"),
-    (dict(memory="contaccum", bank="queries"), "bank dual or passage"),
+    (dict(memory="contaccum", bank="queries"), "--bank 'queries': must be one of dual"),
 ])
 def test_bad_combinations_are_refused(tiny_beir, tmp_path, opts, needle):
     with pytest.raises(ConfigError, match=needle):
-        resolve(dict(data=str(tiny_beir), out=str(tmp_path), batch_size=8, **opts))
+        rules.check(resolve(dict(data=str(tiny_beir), out=str(tmp_path), batch_size=8, **opts)))

@@ -4,6 +4,7 @@ import pytest
 import torch
 from samplerkit import batch, encoder, make_store, unit
 
+from negminer import rules
 from negminer.config import resolve
 from negminer.errors import ConfigError
 from negminer.refreshers import Fresh, Full, refresh_names
@@ -36,15 +37,15 @@ def test_refresh_names(opts, names):
     ({"negatives": "cache-stream", "refresh": "auto,nystrom"}, "its refresher is write-back"),
     ({"negatives": "cache", "refresh": "fraction"}, "--refresh-fraction > 0"),
     ({"negatives": "cache", "refresh": "write-back", "write_back": "none"}, "--write-back none"),
-    ({"negatives": "cache", "refresh": "nystrom", "nystrom_every": 0}, "nystrom_every"),
+    ({"negatives": "cache", "refresh": "nystrom", "nystrom_every": 0}, "--nystrom-every 0: must be >= 1"),
     ({"negatives": "uniform", "corrector": True}, "reads no store"),
     ({"negatives": "tree", "corrector": True, "corrector_apply": "scored"}, "bounds hold for the stored rows"),
     ({"negatives": "cache", "refresh": "auto,nystrom", "corrector": True, "corrector_apply": "scored"}, "move corrected rows"),
-    ({"negatives": "cache", "corrector": True, "corrector_apply": "sometimes"}, "corrector_apply"),
+    ({"negatives": "cache", "corrector": True, "corrector_apply": "sometimes"}, "--corrector-apply 'sometimes'"),
 ])
 def test_bad_refresh_options_are_refused(opts, why):
     with pytest.raises(ConfigError, match=why):
-        resolve(opts)
+        rules.check(resolve(opts))
 
 
 def test_full_refresh_every_r_steps_encodes_the_pool():

@@ -37,25 +37,28 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
               "replacement": replacement or cfg.replacement}
     k = cfg.num_negatives
     if name == "inbatch":
-        return InBatchSampler()
-    if name == "all":
-        return AllSampler()
-    if name == "mined":
-        return MinedSampler(k, mined, **common)
-    if name == "uniform":
-        return UniformSampler(k, **common)
-    if name == "exact":
-        return ExactSampler(k, selection=cfg.selection, **common)
-    if name == "ance":
-        return AnceSampler(k, top=cfg.ance_top, **common)
-    if name == "cache":
-        return CacheSampler(k, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
-                            prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
-                            prefilter_rebuild=cfg.prefilter_rebuild, **common)
-    if name == "tree":
-        return TreeSampler(k, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
-                           seed=cfg.seed, **common)
-    return CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
+        s = InBatchSampler()
+    elif name == "all":
+        s = AllSampler()
+    elif name == "mined":
+        s = MinedSampler(k, mined, **common)
+    elif name == "uniform":
+        s = UniformSampler(k, **common)
+    elif name == "exact":
+        s = ExactSampler(k, selection=cfg.selection, **common)
+    elif name == "ance":
+        s = AnceSampler(k, top=cfg.ance_top, **common)
+    elif name == "cache":
+        s = CacheSampler(k, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
+                         prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
+                         prefilter_rebuild=cfg.prefilter_rebuild, **common)
+    elif name == "tree":
+        s = TreeSampler(k, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
+                        seed=cfg.seed, **common)
+    else:
+        s = CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
+    s.shared = cfg.share_negatives
+    return s
 
 
 __all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk",

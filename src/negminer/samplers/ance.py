@@ -25,7 +25,7 @@ class AnceSampler(Sampler):
         super().__init__(k, **kw)
         self.top, self.index, self.dirty, self._watched = top, None, True, None
 
-    def pool_size(self, store):
+    def pool_size(self, store, n=0):
         return min(self.top, store.n)
 
     def setup(self, store, model, step, encode=None):

@@ -28,7 +28,7 @@ class MinedSampler(Sampler):
         super().__init__(k, **kw)
         self.lists = [torch.as_tensor(x, dtype=torch.long) for x in (lists or [])]
 
-    def pool_size(self, store):
+    def pool_size(self, store, n=0):
         return max((len(x) for x in self.lists), default=0) + 1
 
     def sample(self, q, batch: Batch, store) -> Draw:

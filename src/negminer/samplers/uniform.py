@@ -19,9 +19,10 @@ from negminer.samplers.base import Batch, Draw, Sampler
 
 class UniformSampler(Sampler):
     name = "uniform"
+    needs_store = False  # it reads N only (from the batch's exclusions)
 
     def sample(self, q, batch: Batch, store) -> Draw:
-        b, n = len(q), store.n
+        b, n = len(q), batch.excl.n
         ids = torch.randint(n, (b, self.k), generator=batch.generator)
         lp = math.log(self.k / n)
         excl = batch.excl
@@ -31,5 +32,6 @@ class UniformSampler(Sampler):
         return Draw(ids, excl.contains(ids), torch.full((b, self.k), lp), cross(batch.pos_rows), cross=cross)
 
     def proposal(self, q, batch, store):
-        logq = torch.full((len(q), store.n), -math.log(store.n))
+        n = batch.excl.n
+        logq = torch.full((len(q), n), -math.log(n))
         return logq.masked_fill(batch.excl.dense(None), -math.inf)
