@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUN ?= runs/main
 STEPS ?= 100
 
-.PHONY: train test bench clean-venv
+.PHONY: train test conformance bench clean-venv
 
 $(BIN)/.stamp: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "negminer needs Python >= 3.10"'
@@ -24,6 +24,10 @@ train: $(BIN)/.stamp
 
 test: $(BIN)/.stamp
 	$(BIN)/python -m pytest -q
+
+# every legal combination of the parts against brute force (~40 min on 2 cores; CI runs the fast tier)
+conformance: $(BIN)/.stamp
+	$(BIN)/python -m pytest -q -m conformance tests/conformance
 
 bench: $(BIN)/.stamp
 	$(BIN)/python -m pip install -q -e ".[test,bench]"

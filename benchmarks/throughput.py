@@ -58,7 +58,7 @@ def negminer_pairs(dataset, args, n_steps: int) -> list[tuple[str, str]]:
         tr = Trainer(_config(args, tmp, n_steps), dataset=dataset)
         out = []
         for s in range(n_steps):
-            idx, pos_rows = tr._batch(s)
+            idx, pos_rows = tr.batch_rows(s)
             out += [(tr.query_texts[i], tr.target_inputs[int(r)]) for i, r in zip(idx, pos_rows)]
     return out
 

@@ -11,9 +11,15 @@ brute force over every target:
 
     z_ratio         mean over anchors and draws of Z_hat / Z. Z sums exp(<q, fresh> / tau) over the
                     anchor's eligible targets (not a positive or the duplicate of one, not dropped by
-                    the margin, which compares stale scores with the drawn positive's); Z_hat sums
-                    the loss's negative terms, each divided by its expected count (its denominator
-                    without the positive). Unbiased: 1 within ``z_ratio_se``.
+                    the margin, which compares stale scores with the drawn positive's) that the pipeline
+                    can reach: the sampler's candidates (all targets, or a partial cache, a stream's
+                    queue, each query's prefilter top K) and, with the in-batch pool, every target some
+                    training query has as a positive. Z_hat sums the loss's negative terms, each divided
+                    by its expected count (its denominator without the positive). Unbiased: 1 within
+                    ``z_ratio_se``.
+    z_coverage      mean share of the full partition function (every eligible target) that is
+                    reachable: 1 for samplers over all targets; below 1 a subset sampler estimates a
+                    truncated softmax, by design.
     zgrad_t         || mean (grad_q Z_hat - grad_q Z) / Z ||^2 over its expected squared standard
                     error: about 1 when the gradient of the estimate is unbiased, growing with the
                     draws when it is not.
@@ -93,21 +99,30 @@ def no_correction(setup: Setup, loss_name: str, cfg=None) -> str | None:
     return None
 
 
-def eligible(setup: Setup, q: torch.Tensor, p_emb: torch.Tensor, anchor: int, n: int) -> torch.Tensor:
-    """[n] bool: the targets anchor's estimate is over, for the drawn positive ``p_emb``: not excluded, and
-    not above the margin by the stale score (rows outside the sampler's candidates are never dropped)."""
+def eligible(setup: Setup, q: torch.Tensor, p_emb: torch.Tensor, anchor: int, n: int, micro: int):
+    """([n] bool, [n] bool): the targets anchor's estimate is over for the drawn positive ``p_emb`` (not
+    excluded, not above the margin by the stale score; rows outside the sampler's candidates are never
+    dropped), and those of them the pipeline can reach (the sampler's candidates; in-batch: every target
+    the batcher can bring into a (micro-)batch of ``micro`` with the anchor)."""
     ok = torch.ones(n, dtype=torch.bool)
     ok[torch.as_tensor(sorted(setup.exclude(anchor)), dtype=torch.long)] = False
-    margin = getattr(setup.sampler, "margin", None)
+    s, rows = setup.sampler, torch.arange(n)
+    shared = s.candidates(setup.store) if s.k and setup.store is not None else None
+    margin = getattr(s, "margin", None)
     if margin is not None and setup.store is not None:
         over = float((q.float() * p_emb.float()).sum()) - margin
-        stale = setup.store.scores(q.unsqueeze(0), torch.arange(n)).cpu()[0]
-        drop = stale > over
-        cand = setup.sampler.candidates(setup.store)
-        if cand is not None:
-            drop &= torch.isin(torch.arange(n), cand.cpu())
+        drop = setup.store.scores(q.unsqueeze(0), rows).cpu()[0] > over
+        if shared is not None:
+            drop &= torch.isin(rows, shared.cpu())
         ok &= ~drop
-    return ok
+    if not s.k:
+        reach = torch.zeros(n, dtype=torch.bool)
+    else:
+        own = s.candidates(setup.store, q.unsqueeze(0)) if setup.store is not None else None
+        reach = torch.ones(n, dtype=torch.bool) if own is None else torch.isin(rows, own.reshape(-1).cpu())
+    if setup.inbatch and "pool" in setup.loss.needs:
+        reach |= torch.isfinite(setup.batcher.log_batch_count(rows.unsqueeze(0), torch.tensor([anchor]), size=micro)[0])
+    return ok, ok & reach
 
 
 def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], fresh: torch.Tensor,
@@ -122,7 +137,9 @@ def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], f
     anchors = [int(a) for a in anchors]
     want = set(anchors)
     n = len(fresh)
-    z_rows, zg_rows, g_rows, gs_rows = [], [], [], []  # (draw, anchor, value)
+    z_rows, zg_rows, g_rows, gs_rows, cover = [], [], [], [], []  # (draw, anchor, value)
+    if hasattr(setup.batcher, "prepare") and hasattr(setup.batcher, "_perm_epoch"):
+        setup.batcher.batch(epoch * nbat)  # the epoch's groups (NGAME), for the batcher's counts
     from tqdm.auto import tqdm
 
     for r in tqdm(range(draws), disable=not progress, desc="audit", unit="draw"):
@@ -153,19 +170,29 @@ def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], f
             if lzh is None:
                 raise ValueError("audit: this configuration's loss has uncorrected negative terms")
             rows = [i for i, x in enumerate(idx) if int(x) in want]
-            exact = [_exact(setup, q[i], p[i], int(idx[i]), fresh, batch.loss_scale, pos_rows[i]) for i in rows]
+            exact = [_exact(setup, q[i], p[i], int(idx[i]), fresh, batch.loss_scale, pos_rows[i], b) for i in rows]
             lz = torch.stack([e[0] for e in exact])
+            empty = torch.isneginf(lz)  # nothing reachable for this anchor and positive: Z_hat must be 0 too
+            if bool(empty.any()) and bool(torch.isfinite(lzh[rows].detach()[empty]).any()):
+                raise ValueError("audit: a positive partition-function estimate where no target is reachable")
+            keep = [t for t in range(len(rows)) if not bool(empty[t])]
+            rows, exact, lz = [rows[t] for t in keep], [exact[t] for t in keep], lz[~empty]
+            if not rows:
+                continue
             ratio = (lzh[rows].detach() - lz).exp()
             gz = torch.autograd.grad((lzh[rows] - lz).exp().sum(), qq, retain_graph=True)[0][rows]
             gl = torch.autograd.grad(setup.loss(**kw) * len(idx), qq)[0][rows]
             for t, i in enumerate(rows):
                 a = int(idx[i])
                 z_rows.append((r, a, float(ratio[t])))
+                cover.append(float(exact[t][3]))
                 zg_rows.append((r, a, gz[t] - exact[t][1]))
                 if exact[t][2] is not None:
                     g_rows.append((r, a, gl[t] - exact[t][2]))
                     gs_rows.append((r, a, exact[t][2]))
-    return _summary(z_rows, zg_rows, g_rows, gs_rows, draws, len(anchors))
+    out = _summary(z_rows, zg_rows, g_rows, gs_rows, draws, len(anchors))
+    out["z_coverage"] = float(np.mean(cover)) if cover else math.nan
+    return out
 
 
 def _empty(b: int):
@@ -175,23 +202,25 @@ def _empty(b: int):
 
 
 def _exact(setup: Setup, q: torch.Tensor, p: torch.Tensor, anchor: int, fresh: torch.Tensor, scale: float,
-           pos_row: int):
-    """(log Z, grad_q Z / Z, exact loss gradient or None) for one anchor and its drawn positive."""
-    ok = eligible(setup, q, p, anchor, len(fresh))
-    logits = (fresh @ q.float()) * scale
-    logits = logits.masked_fill(~ok, NEG_INF)
+           pos_row: int, micro: int):
+    """(log Z, grad_q Z / Z over the reachable targets, the exact loss gradient or None, coverage) for one anchor
+    and its drawn positive."""
+    ok_all, ok = eligible(setup, q, p, anchor, len(fresh), micro)
+    raw = (fresh @ q.float()) * scale
+    logits = raw.masked_fill(~ok, NEG_INF)
     lz = logits.logsumexp(0)
+    coverage = (lz - raw.masked_fill(~ok_all, NEG_INF).logsumexp(0)).exp()
     gz = scale * (logits - lz).exp() @ fresh
     one = Batch(0, torch.tensor([pos_row]), Exclusions([setup.exclude(anchor)], len(fresh)), p.unsqueeze(0),
                 torch.Generator(), scale, positives=Exclusions([set(setup.positives[anchor])], len(fresh)))
     qq = q.float().unsqueeze(0).clone().requires_grad_(True)
     kw = all_inputs(setup.loss, qq, scale, one, fresh)
     if "pool" not in getattr(setup.loss, "needs", ()):
-        return lz, gz, None
+        return lz, gz, None, coverage
     kw["pool_mask"] = kw["pool_mask"] | ~ok.unsqueeze(0)
     kw["pool_mask"][0, pos_row] = True
     g = torch.autograd.grad(setup.loss(**kw), qq)[0][0]
-    return lz, gz, g
+    return lz, gz, g, coverage
 
 
 def _summary(z_rows, zg_rows, g_rows, gs_rows, draws: int, anchors: int) -> dict:

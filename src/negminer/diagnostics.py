@@ -75,7 +75,7 @@ def diagnose(q, E, batch, sampler, store, inbatch: bool = True, loss_name: str =
 @torch.no_grad()
 def diagnose_trainer(trainer, step: int) -> dict:
     """Diagnostics on the batch of ``step`` (the store is read, not changed)."""
-    idx, pos_rows = trainer._batch(step)
+    idx, pos_rows = trainer.batch_rows(step)
     m = trainer.model
     E = (trainer.store.embed(range(trainer.store.n), m, batch_size=trainer.cfg.eval_batch_size)
          if trainer.store is not None else m.encode_targets(trainer.target_inputs, batch_size=trainer.cfg.eval_batch_size))

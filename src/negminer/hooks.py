@@ -1,9 +1,15 @@
-"""Hooks: tools that look at training without the loop importing them.
+"""Hooks: tools that look at training without the loop importing them; the caller passes them in.
 
-A hook is any object with ``on_step(trainer, step) -> dict | None``, called after each optimiser
-step (``step`` counts the steps done); a returned dict is merged into that step's log row.
-Evaluation and diagnostics time is not counted as training time. ``default_hooks(cfg)`` maps
-options to hooks (``--diagnose-every``), importing each tool only when asked for.
+A hook is any object with some of these events (the trainer calls those it has):
+
+    on_step_start(trainer, step)          before step ``step`` (0-based), inside its timed region
+    on_step(trainer, step) -> dict|None   after each optimiser step (``step`` counts the steps done); a
+                                          returned dict is merged into that step's log row (not timed)
+    on_save(trainer)                      before each checkpoint
+
+Evaluation and diagnostics time is not counted as training time. ``default_hooks(cfg)`` maps options
+to hooks (``--diagnose-every``), importing each tool only when asked for; the CLI passes them to the
+trainer, as a notebook would.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,13 @@ COMMON = ["--encoder", "static", "--lr", "0.05", "--seed", "3", "--quiet", "--no
           "--eval-batch-size", "64"]
 
 
-def torchrun(data, out, *extra, nproc=2, env=None, timeout=240):
+DRIVER = str(Path(__file__).resolve().parents[1] / "driver.py")
+
+
+def torchrun(data, out, *extra, nproc=2, env=None, timeout=240, faults=()):
+    """``faults``: options of tests/driver.py (fault-injection hooks), e.g. ("--die-at", "3", "--die-rank", "1")."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "negminer", "train", "--data", str(data), "--out", str(out), *COMMON, *extra]
+           DRIVER, *faults, "--", "train", "--data", str(data), "--out", str(out), *COMMON, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -81,7 +86,7 @@ def test_two_ranks_take_the_single_process_step_of_the_global_batch(tiny_beir, t
 def test_a_rank_that_dies_stops_the_run_with_an_error(tiny_beir, tmp_path):
     t = time.monotonic()
     p = torchrun(tiny_beir, tmp_path / "r", "--batch-size", "4", "--steps", "50", "--dist-timeout", "20",
-                 env={"NEGMINER_DIE_AT_STEP": "3", "NEGMINER_DIE_RANK": "1"})
+                 faults=("--die-at", "3", "--die-rank", "1"))
     assert p.returncode != 0
     assert time.monotonic() - t < 180
     assert "rank 1" in p.stderr.lower() or "exitcode" in p.stderr.lower() or "error" in p.stderr.lower()
@@ -98,7 +103,7 @@ def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_b
     full = tmp_path / "full"
     assert main(["train", "--data", str(tiny_beir), "--out", str(full), *COMMON, "--batch-size", "8", *steps]) == 0
     run = tmp_path / "run"
-    p = torchrun(tiny_beir, run, "--batch-size", "4", *steps, env={"NEGMINER_DIE_AT_STEP": "3", "NEGMINER_DIE_RANK": "1"})
+    p = torchrun(tiny_beir, run, "--batch-size", "4", *steps, faults=("--die-at", "3", "--die-rank", "1"))
     assert p.returncode != 0 and (run / "checkpoint").exists()
     if "--store-path" in shard:  # each process mapped its half; the checkpoint holds all rows
         held = [np.load(tmp_path / f"store.rank{r}.npy", mmap_mode="r").shape[0] for r in (0, 1)]
@@ -114,6 +119,6 @@ def test_resume_on_another_number_of_processes_with_the_same_global_batch(tiny_b
 
 def test_replicas_that_drift_apart_stop_the_run_at_the_checkpoint(tiny_beir, tmp_path):
     p = torchrun(tiny_beir, tmp_path / "r", "--batch-size", "4", "--negatives", "cache", "--num-negatives", "2",
-                 "--steps", "4", "--save-every", "2", env={"NEGMINER_TEST_SKEW_RANK": "1"})
+                 "--steps", "4", "--save-every", "2", faults=("--skew-rank", "1"))
     assert p.returncode != 0 and "target stores differ" in p.stderr
     assert not (tmp_path / "r" / "checkpoint").exists()

@@ -4,7 +4,7 @@ plain step's; with several, the gradient of the full batch whose forward used th
 import pytest
 import torch
 
-import negminer.memory.gradcache as gradcache
+import negminer.pipeline.encoding as encoding
 from negminer.config import resolve
 from negminer.memory.cached_targets import CachedEncoding
 from negminer.train.trainer import Trainer, has_dropout
@@ -49,7 +49,7 @@ def test_chunks_equal_the_full_batch_gradient_with_the_same_masks(tiny_beir, tmp
         emb = torch.cat([encode(torch.arange(s, min(n, s + chunk))).float() for s in range(0, n, chunk)])
         return CachedEncoding(emb, encode, [], params=None)
 
-    monkeypatch.setattr(gradcache, "encode_cached", keep_graph)
+    monkeypatch.setattr(encoding, "encode_cached", keep_graph)
     full, _ = step_grads(tiny_beir, tmp_path / "b", memory="gradcache", chunk_size=2)
     close(full, cached)
     # and the masks matter: one chunk draws other dropout masks, so another gradient

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 
+from driver import Sleep
+
 from negminer.cli import main
 from negminer.losses import SoftmaxLoss
 from negminer.pipeline import loss_inputs
@@ -23,21 +25,18 @@ def metrics(run):
     return json.loads((run / "metrics.json").read_text())
 
 
-def train(data, out, *extra, env=None, monkeypatch=None):
-    if env and monkeypatch:
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-    return main(["train", "--data", str(data), "--out", str(out), *BASE, *extra])
+def train(data, out, *extra, hooks=None):
+    return main(["train", "--data", str(data), "--out", str(out), *BASE, *extra], hooks=hooks)
 
 
 # ---- time budget -----------------------------------------------------------------------------
 
-def test_time_budget_stops_training_and_resume_counts_the_time_spent(tiny_beir, tmp_path, monkeypatch):
+def test_time_budget_stops_training_and_resume_counts_the_time_spent(tiny_beir, tmp_path):
     """Stops at the first step boundary past the budget; a resumed run adds to the seconds spent."""
-    monkeypatch.setenv("NEGMINER_STEP_SLEEP", "0.25")
+    slow = [Sleep(0.25)]  # every step takes 0.25 s longer, inside its timed region
     out = tmp_path / "t"
     args = ["--steps", "1000", "--schedule", "constant", "--warmup", "2"]
-    assert train(tiny_beir, out, *args, "--time-budget", "1.0", "--eval-every-seconds", "0.4") == 0
+    assert train(tiny_beir, out, *args, "--time-budget", "1.0", "--eval-every-seconds", "0.4", hooks=slow) == 0
     m, log = metrics(out), rows(out)
     # an evaluation at the first step past each multiple of 0.4 s of training, none at the budget's end
     secs = [0.0] + [r["seconds"] for r in log]
@@ -51,7 +50,7 @@ def test_time_budget_stops_training_and_resume_counts_the_time_spent(tiny_beir, 
     assert log[-1]["seconds"] >= 1.0 and (len(log) == 1 or log[-2]["seconds"] < 1.0)
     first = len(log)
     budget2 = round(m["train"]["seconds"] + 1.0, 2)
-    assert train(tiny_beir, out, *args, "--time-budget", str(budget2), "--resume") == 0
+    assert train(tiny_beir, out, *args, "--time-budget", str(budget2), "--resume", hooks=slow) == 0
     m2, log = metrics(out), rows(out)
     assert [r["step"] for r in log] == list(range(1, m2["train"]["steps"] + 1)) and len(log) > first
     secs = [r["seconds"] for r in log]

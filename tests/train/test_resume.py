@@ -17,9 +17,13 @@ ARGS = ["--encoder", "static", "--steps", "12", "--batch-size", "8", "--lr", "0.
         "--query-max-length", "16", "--target-max-length", "16", "--quiet"]
 
 
-def _train(data, out, *extra, env=None, wait=True):
-    cmd = [sys.executable, "-m", "negminer", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
-    e = dict(os.environ, **(env or {}))
+DRIVER = str(Path(__file__).resolve().parents[1] / "driver.py")
+
+
+def _train(data, out, *extra, faults=(), wait=True):
+    """``faults``: options of tests/driver.py (fault-injection hooks), e.g. ("--sleep", "0.4")."""
+    cmd = [sys.executable, DRIVER, *faults, "--", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
+    e = dict(os.environ)
     if wait:
         r = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -83,7 +87,7 @@ def test_periodic_checkpoints_do_not_change_the_run(reference):
 def test_resume_after_sigkill_matches_uninterrupted(reference):
     data, root, extra = reference
     run = root / "killed"
-    p = _train(data, run, *extra, "--save-every", "3", env={"NEGMINER_STEP_SLEEP": "0.4"}, wait=False)
+    p = _train(data, run, *extra, "--save-every", "3", faults=("--sleep", "0.4"), wait=False)
     deadline = time.time() + 300
     # kill between checkpoints: after step 7 is logged (checkpoint at 6, next at 9; the prefilter index was built at 5)
     while time.time() < deadline:

@@ -76,3 +76,10 @@ def encode_cached(encode: Callable[[torch.Tensor], torch.Tensor], n: int, chunk:
             emb = gather(emb)
     emb = emb.detach().requires_grad_(True)
     return CachedEncoding(emb, encode, chunks, params=list(params) if params is not None else None)
+
+
+def batch_norm_layers(module: torch.nn.Module) -> list[str]:
+    """Names of the batch-norm layers in ``module``: chunked encoding (GradCache, all targets) cannot keep
+    their statistics those of the whole batch, so the trainer refuses such towers with these memory strategies."""
+    return [name or type(m).__name__ for name, m in module.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

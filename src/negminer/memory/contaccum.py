@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from negminer.errors import ConfigError
+from negminer.memory.accumulation import Accumulation
 from negminer.pipeline.assemble import first_occurrence, positive_terms
 from negminer.types import Exclusions
 
@@ -136,3 +137,26 @@ class MemoryBank:
             if t is not None and k in ("q", "p", "n"):
                 t = t.to(device)
             setattr(self, k, t)
+
+
+class ContAccum(Accumulation):
+    """Accumulation whose micro-batches also score the bank (``extend``), pushed after each micro-batch."""
+
+    name = "contaccum"
+
+    def __init__(self, accumulation: int, bank_size: int, dual: bool = True, warmup: int = 0):
+        super().__init__(accumulation)
+        self.bank, self.warmup, self._step = MemoryBank(bank_size, dual=dual), warmup, 0
+
+    def extend(self, kw: dict, batch, num_targets: int) -> dict:
+        return self.bank.extend(kw, batch, num_targets) if batch.step >= self.warmup else kw
+
+    def after_micro(self, step: int, q=None, p=None, pos_rows=None, idx=None, drawn_emb=None, drawn_rows=None,
+                    exclude=None, positives=None, **_) -> None:
+        self.bank.push(q, p, pos_rows, idx, drawn_emb, drawn_rows, exclude=exclude, positives=positives)
+
+    def state(self) -> tuple[dict, dict]:
+        return self.bank.state()
+
+    def load_state(self, tensors: dict, meta: dict) -> None:
+        self.bank.load_state(tensors, meta, "cpu")  # moved to the loss's device when scored

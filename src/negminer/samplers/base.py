@@ -51,13 +51,14 @@ class Sampler:
         """The store rows the sampler reads, for the refreshers (None: all)."""
         return None
 
-    def candidates(self, store) -> torch.Tensor | None:
-        """The store rows the sampler draws from (None: all): the rows its margin can drop."""
+    def candidates(self, store, q: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The store rows the sampler draws from (None: all; [M] shared by the queries, or with ``q`` [B, d]
+        given, [B, M] per query, -1 padding, for samplers whose candidates depend on the query)."""
         return self.pool_rows(store)
 
-    def pool_size(self, store) -> int:
-        """How many targets the sampler draws from (for option checks)."""
-        return store.n if store is not None else 0
+    def pool_size(self, store, n: int = 0) -> int:
+        """How many of the ``n`` targets the sampler draws from (for option checks)."""
+        return store.n if store is not None else n
 
     def proposal(self, q: torch.Tensor, batch: Batch, store) -> torch.Tensor:
         """log Q [B, N] of the first draw over all targets (diagnostics; small N only); excluded rows -inf."""

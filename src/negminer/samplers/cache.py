@@ -39,7 +39,7 @@ class CacheSampler(Sampler):
         self.prefilter = IVFPrefilter(prefilter_top, nlist=prefilter_nlist, nprobe=prefilter_nprobe,
                                       rebuild_every=prefilter_rebuild, seed=seed) if prefilter_top > 0 else None
 
-    def pool_size(self, store):
+    def pool_size(self, store, n=0):
         return store.n if self.cache_size <= 0 else min(self.cache_size, store.n)
 
     def setup(self, store, model, step, encode=None):
@@ -61,6 +61,12 @@ class CacheSampler(Sampler):
                                      len(self.rows), step)
         pos, val = self.prefilter.search(q.cpu(), lambda p: store.embeddings(self.rows[p]))
         return self.rows[pos], val
+
+    def candidates(self, store, q=None):
+        if self.prefilter is None or q is None or self.prefilter.centroids is None:
+            return self.pool_rows(store)
+        pos, val = self.prefilter.search(q.cpu(), lambda p: store.embeddings(self.rows[p]))
+        return self.rows[pos].masked_fill(torch.isinf(val), -1)
 
     def sample(self, q, batch, store):
         if self.prefilter is not None:

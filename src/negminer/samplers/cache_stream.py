@@ -30,7 +30,7 @@ class CacheStreamSampler(Sampler):
         self.queue: OrderedDict[int, None] = OrderedDict()  # row -> None, oldest first
         self._rows = None  # tensor of the queue, rebuilt after a change
 
-    def pool_size(self, store):
+    def pool_size(self, store, n=0):
         return self.cache_size
 
     @property
@@ -39,7 +39,7 @@ class CacheStreamSampler(Sampler):
             self._rows = torch.tensor(list(self.queue), dtype=torch.long)
         return self._rows
 
-    def candidates(self, store):
+    def candidates(self, store, q=None):
         return self.rows
 
     def sample(self, q, batch, store):

@@ -287,4 +287,6 @@ class ReplacementStream(_Stream):
         return self.pos, log_pi.masked_fill(mask, NEG_INF), mask
 
     def log_pi_of(self, logits, drawn=None):
-        return math.log(self.k) + logits - self.log_z[self.scale].unsqueeze(1)
+        lz = self.log_z[self.scale].unsqueeze(1)
+        out = math.log(self.k) + logits - lz
+        return out.masked_fill(torch.isneginf(lz) | torch.isneginf(logits), NEG_INF)  # a query with no candidate

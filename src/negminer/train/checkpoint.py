@@ -2,8 +2,9 @@
 
 Layout of ``RUN_DIR/checkpoint/``: ``model.safetensors`` (shared weights stored once),
 ``optimizer.safetensors`` + ``trainer.json`` (step, data position, scheduler, counters, optimizer
-hyper-parameters, every RNG state, sampler metadata), ``sampler.safetensors`` (sampler tensors:
-cache rows, queue order, prefilter index), ``store.npy`` + ``store_age.npy`` (the target store,
+hyper-parameters, every RNG state, each part's JSON state under ``parts``), ``parts.safetensors``
+(each part's tensors under its name: ``sampler/cache.rows``, ``batcher/batcher.labels``,
+``refresher.corrector/...``, ``memory/bank.q``), ``store.npy`` + ``store_age.npy`` (the target store,
 written chunk by chunk or copied in the kernel, never cloned in RAM). A checkpoint is written to a
 temporary folder, fsync'ed and renamed into place (``fileio.atomic_dir``), so a kill at any
 moment leaves either the old or the new checkpoint, whole.
@@ -65,8 +66,26 @@ def set_rng_state(tensors: dict, meta: dict) -> None:
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, extra: dict | None = None,
-                    store=None, sampler_meta: dict | None = None) -> Path:
+def part_states(parts: dict) -> tuple[dict, dict]:
+    """Each part's ``state() -> (tensors, JSON)`` under its name: (``{name/key: tensor}``, ``{name: JSON}``)."""
+    tensors, meta = {}, {}
+    for name, part in parts.items():
+        t, m = part.state()
+        tensors.update({f"{name}/{k}": v.contiguous() for k, v in t.items()})
+        if m:
+            meta[name] = m
+    return tensors, meta
+
+
+def load_parts(parts: dict, tensors: dict, meta: dict) -> None:
+    """Give each part back its own tensors (names without the prefix) and JSON."""
+    for name, part in parts.items():
+        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + "/")}
+        part.load_state(own, meta.get(name, {}))
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, parts: dict | None = None,
+                    store=None) -> Path:
     from negminer.fileio import atomic_dir
 
     final = Path(run_dir) / "checkpoint"
@@ -76,10 +95,11 @@ def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, extra:
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
         rng_t, rng_meta = rng_state()
         save_file(rng_t, str(tmp / "rng.safetensors"))
-        save_file(extra or {}, str(tmp / "sampler.safetensors"))
+        part_t, part_meta = part_states(parts or {})
+        save_file(part_t, str(tmp / "parts.safetensors"))
         if store is not None:
             store.save(tmp)
-        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta, sampler=sampler_meta or {})
+        state = dict(trainer_state, optimizer=opt_meta, rng=rng_meta, parts=part_meta)
         (tmp / "trainer.json").write_text(json.dumps(state), encoding="utf-8")
     return final
 
@@ -94,7 +114,7 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict]:
-    """Restore model and optimizer in place; return (trainer state, sampler/store tensors); RNGs restored."""
+    """Restore model and optimizer in place; return (trainer state, the parts' tensors); RNGs restored."""
     path = Path(path)
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if unexpected or missing:
@@ -102,5 +122,5 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict]:
     state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     optimizer.load_state_dict(_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])
-    extra = path / "sampler.safetensors"
+    extra = path / "parts.safetensors"
     return state, (load_file(str(extra)) if extra.is_file() else {})

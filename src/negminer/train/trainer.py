@@ -9,7 +9,6 @@ position and every RNG; so a run resumed after a kill reproduces the uninterrupt
 from __future__ import annotations
 
 import math
-import os
 import resource
 import sys
 import time
@@ -24,14 +23,18 @@ from negminer.batching import build_batcher
 from negminer.config import TrainConfig, save_config
 from negminer.errors import ConfigError, TrainingDiverged
 from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
-from negminer.hooks import default_hooks
 from negminer.losses import build_loss
-from negminer.memory import encode_cached
-from negminer.pipeline import all_inputs, loss_inputs
+from negminer import rules
+from negminer.memory import batch_norm_layers, build_memory
+from negminer.pipeline.encoding import Encoding
+from negminer.pipeline.step import StepResult
+from negminer.pipeline.step import train_step as pipeline_step
 from negminer.refreshers import Fresh, build_refreshers
-from negminer.samplers import Batch, Draw, Exclusions, build_sampler
+from negminer.samplers import build_sampler
 from negminer.store import TargetStore
-from negminer.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from negminer.store.build import build_store
+from negminer.train.checkpoint import find_checkpoint, load_checkpoint, load_parts, save_checkpoint
+from negminer.types import Batch, Exclusions
 from negminer.train.duplicates import duplicate_groups
 from negminer.train.phases import PhaseTimer
 
@@ -106,14 +109,20 @@ def linear_schedule(warmup_steps: int, total_steps: int, constant: bool = False)
 
 
 class Trainer:
-    """Composes data, towers, sampler, loss, store, optimiser and hooks for one run directory."""
+    """Composes data, towers, sampler, loss, store, memory strategy, optimiser and hooks for one run directory;
+    the step itself is pipeline/step.py."""
 
-    def __init__(self, cfg: TrainConfig, dataset=None, model=None, hooks=None):
+    def __init__(self, cfg: TrainConfig, dataset=None, model=None, hooks=None, clock=time.perf_counter):
+        """``hooks``: objects with any of ``on_step_start(trainer, step)`` (inside the step's timed region),
+        ``on_step(trainer, step) -> dict | None`` (after it; merged into the log row) and ``on_save(trainer)``
+        (before a checkpoint); the caller builds them (``hooks.default_hooks(cfg)`` maps options to tools, the
+        CLI adds them). ``clock``: seconds, for time budgets and timed evaluations."""
         from negminer.data.load import load_dataset
         from negminer.encoders import build_encoder
 
         from negminer import dist
 
+        self.pipeline = rules.check(cfg)  # the Python API validates exactly as the CLI does
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.dist = dist.current()
@@ -128,6 +137,14 @@ class Trainer:
             query_max_length=cfg.query_max_length, target_max_length=cfg.target_max_length,
             device=str(self.device))
         self.model.to(self.device)
+        if cfg.memory == "gradcache" or cfg.negatives == "all":  # chunked encoding twice over (memory/cached_targets.py)
+            bn = batch_norm_layers(self.model)
+            if bn:
+                raise ConfigError(f"--{'memory gradcache' if cfg.memory == 'gradcache' else 'negatives all'} encodes in "
+                                  f"chunks, twice: the tower's batch-norm layers ({', '.join(bn[:3])}) would normalise "
+                                  "by each chunk's statistics (another gradient than the whole batch's) and update "
+                                  "their running statistics on both passes; use a tower without batch norm, or "
+                                  "--memory plain / accumulation")
         for mod in self.model.modules():  # embedding bags (the static tower): sparse gradients, densified once
             if isinstance(mod, torch.nn.EmbeddingBag) and not mod.weight.is_sparse:  # per step (see train_step);
                 mod.sparse = cfg.negatives != "all"  # all targets touch most of the vocabulary: dense is cheaper
@@ -153,21 +170,18 @@ class Trainer:
         self.sampler = build_sampler(cfg, replacement=self.loss_fn.replacement, mined=mined)
         self.sampler.want_log_z = "log_z" in self.loss_fn.needs
         self.dups = duplicate_groups(self.target_inputs) if cfg.dedupe_text else {}
-        self.hooks = default_hooks(cfg) if hooks is None else list(hooks)
+        self.hooks = list(hooks or [])
+        self.clock = clock
         self.store = None
         if (self.sampler.k and self.sampler.needs_store) or cfg.diagnose_every:
-            self.store = self._make_store(resume=False)
+            self.store = self.make_store(resume=False)
         self._check_pool()
         self.tower_dropout = has_dropout(self.model.target_tower)
         uses_store = self.store is not None and self.sampler.k and self.sampler.needs_store
         self.refreshers = build_refreshers(cfg, self.model.dim, self.tower_dropout) if uses_store else []
         self.step_stats: dict = {}  # this step's sampling stats (drawn_age), for the log
         self.grad_stats: dict = {}  # query-tower / target-tower gradient norm (separate towers)
-        self.bank = None
-        if cfg.memory == "contaccum":
-            from negminer.memory.contaccum import MemoryBank
-
-            self.bank = MemoryBank(cfg.bank_size or self.global_batch, dual=cfg.bank == "dual")
+        self.memory = build_memory(cfg, self.global_batch)
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = adamw(
@@ -180,37 +194,19 @@ class Trainer:
         self.seconds = 0.0
         self.phases = PhaseTimer(self.device)
         self.last_checkpoint_step = None
+        self.encoding = Encoding(self.model, self.dist, self.counters, self.phases, self.autocast, self.query_texts,
+                                 self.target_features, chunk=cfg.chunk_size or 32)
 
     # ---- the store ------------------------------------------------------------------------
-    def _make_store(self, resume: bool) -> TargetStore:
-        cfg, n, d = self.cfg, self.dataset.num_targets, self.model.dim
-        shard = self.dist if cfg.store_shard and self.dist.on else None  # this process holds 1/W of the rows
-        nbytes = -(-n // (shard.world if shard else 1)) * d * {"fp32": 4, "fp16": 2, "bf16": 2}[cfg.store_dtype]
-        path = cfg.store_path or None
-        if path is None and cfg.store_max_ram_mb and nbytes > cfg.store_max_ram_mb * 2**20:
-            path = str(self.run_dir / "store.npy")
-        if path is not None and self.dist.on:  # each rank keeps its own copy (or its shard)
-            path = str(Path(path).with_suffix(f".rank{self.dist.rank}.npy"))
-        device = torch.device("cpu")
-        if path is None:
-            if cfg.store_device.startswith("cuda"):
-                if not torch.cuda.is_available():
-                    raise ConfigError("--store-device cuda asked for, but torch sees no CUDA device")
-                device = torch.device(cfg.store_device)
-            elif cfg.store_device == "auto" and self.device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(self.device)
-                device = self.device if nbytes < 0.5 * free else torch.device("cpu")
-        store = TargetStore(self.dataset.target_ids, self.target_inputs, d, dtype=cfg.store_dtype, path=path,
-                            device=device, reopen=resume, shard=shard)
-        if store.device.type == "cpu" and self.device.type == "cuda":
-            store.feed_device = self.device  # score on the GPU, chunks staged through pinned memory
-        return store
+    def make_store(self, resume: bool) -> TargetStore:
+        return build_store(self.cfg, self.dataset.target_ids, self.target_inputs, self.model.dim, self.dist,
+                           self.device, self.run_dir, resume=resume)
 
     def _check_pool(self) -> None:
         k, s = self.sampler.k, self.sampler
         if not k:
             return
-        pool = s.pool_size(self.store)
+        pool = s.pool_size(self.store, self.dataset.num_targets)
         most_excluded = max(len(self.exclude(i)) for i in range(len(self.qids)))
         if not s.replacement and k > pool - 1:
             raise ConfigError(f"--num-negatives {k} but --negatives {s.name} draws from {pool} targets; "
@@ -248,7 +244,13 @@ class Trainer:
         return out
 
     # ---- one step -------------------------------------------------------------------------
-    def _batch(self, step: int):
+    def train_step(self, step: int) -> float:
+        """One optimiser step (pipeline/step.py); returns the loss (nan for a skipped step)."""
+        r = pipeline_step(self, step)
+        return float("nan") if r is None else r.loss
+
+    def batch_rows(self, step: int):
+        """The step's training queries and the positive drawn for each: functions of (seed, step)."""
         idx = self.batcher.batch(step)
         rng = np.random.default_rng([self.cfg.seed, step, 29])
         pos_rows = [self.pos_lists[i][rng.integers(len(self.pos_lists[i]))] for i in idx]
@@ -280,66 +282,7 @@ class Trainer:
             return self.store.features(rows, self.model)
         return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
 
-    def embed_target_rows(self, rows) -> torch.Tensor:
-        """With-gradient target embeddings of store rows (the training autocast); under torchrun each rank
-        encodes its share of ``rows`` and the shares are gathered (dist.py)."""
-        d = self.dist
-        return d.gather(self.embed_target_rows_local(rows[d.share(len(rows))] if d.on else rows), len(rows))
-
-    def embed_target_rows_local(self, rows) -> torch.Tensor:
-        if len(rows) == 0:  # a rank without a share
-            return torch.zeros(0, self.model.dim, device=self.device)
-        with self.autocast():
-            return self.model.embed_targets(self.target_features(rows))
-
-    def embed_training_queries(self, idx) -> torch.Tensor:
-        """With-gradient embeddings of training queries ``idx`` (this rank's share, gathered under torchrun)."""
-        d, m = self.dist, self.model
-        mine = idx[d.share(len(idx))] if d.on else idx
-        with self.autocast():
-            q = m.embed_queries(m.tokenize_queries([self.query_texts[i] for i in mine]))
-        return d.gather(q, len(idx))
-
-    def negatives_and_loss(self, step: int, idx, pos_rows, q, p, embed_rows, micro: int = 0, weight: float = 1.0,
-                           extend=None, log_batch_count=None):
-        """Sample, embed the drawn rows with ``embed_rows(rows) -> [len, d]`` (each distinct usable row once,
-        with gradient; masked slots get zeros), compute the loss and backpropagate it. Returns (loss, the step's
-        pieces for ``update_store``), or (nan, None) for a skipped step.
-        Accumulation: micro-batch ``micro`` (gradients zeroed at 0) backpropagates ``weight`` x its loss;
-        ``extend(kw, batch) -> kw`` adds to the loss inputs (ContAccum's bank); ``log_batch_count`` replaces the
-        batcher's (a micro-batch's in-batch pool is smaller)."""
-        ph = self.phases
-        with ph("sample"):
-            batch = self.make_batch(step, idx, pos_rows, p, micro)
-            draw = self.sampler.sample(q.detach(), batch, self.store) if self.sampler.k else Draw.empty(len(idx))
-        neg, uniq, fresh, cached = None, None, None, None
-        if draw.ids.numel() and bool((~draw.mask).any()):
-            if self.cfg.negative_grad == "none":  # the store's (stale) embeddings: no target-tower work
-                with ph("sample"):
-                    neg, cached = self.cached_negatives(draw, q.device)
-            else:
-                ok = ~draw.mask
-                uniq, inv = draw.ids[ok].unique(return_inverse=True)
-                with ph("target_encode_neg"):
-                    fresh = embed_rows(uniq)
-                self.counters.target_encodes += len(uniq)
-                neg = fresh.new_zeros(*draw.ids.shape, fresh.shape[-1])
-                neg[ok.to(neg.device)] = fresh[inv.to(fresh.device)]
-        with ph("loss_backward"):
-            kw = loss_inputs(self.loss_fn, q, p, self.model.logit_scale(), batch, draw, neg, self.cfg.inbatch,
-                             log_batch_count or self.batcher.log_batch_count, share=self.cfg.share_negatives)
-            if extend is not None:
-                kw = extend(kw, batch)
-            loss = self.loss_fn(**kw)
-            if not torch.isfinite(loss):
-                return self._diverged("the loss", loss.detach(), step), None
-            if micro == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-            (loss * weight if weight != 1.0 else loss).backward()
-        # detached: a piece kept after backward must not keep the graph's nodes alive (accumulation keeps K)
-        return float(loss.detach()), (batch, draw, p.detach(), uniq, None if fresh is None else fresh.detach(), cached)
-
-    def _diverged(self, what: str, value, step: int) -> float:
+    def diverged(self, what: str, value, step: int) -> float:
         if self.cfg.on_nan == "stop":
             last = self.last_checkpoint_step
             raise TrainingDiverged(f"{what} is {float(value)} at step {step}; nothing of this step was applied "
@@ -351,47 +294,17 @@ class Trainer:
         self.counters.skipped_steps += 1
         return float("nan")
 
-    def train_step(self, step: int) -> float:
-        """One optimiser step; returns the loss (nan for a skipped step)."""
-        with self.phases("batching"):
-            self.batcher.prepare(step, self.encode_training_queries, self.dist)
-        # dropout etc.: a function of the step (and of the rank, whose rows are other rows)
-        torch.manual_seed(self.cfg.seed * 1_000_003 + step + 7_777_777 * self.dist.rank)
-        idx, pos_rows = self._batch(step)
-        if self.cfg.memory == "gradcache":
-            from negminer.memory.gradcache import gradcache_step
-
-            return gradcache_step(self, step, idx, pos_rows)
-        if self.cfg.memory in ("accumulation", "contaccum"):
-            from negminer.memory.accumulation import accumulation_step
-
-            return accumulation_step(self, step, idx, pos_rows)
-        ph = self.phases
-        with ph("query_encode"):
-            q = self.embed_training_queries(idx)
-        self.counters.query_encodes += len(idx)
-        self.batcher.record(idx, q)
-        if self.sampler.all_targets:
-            return self.train_step_all(step, idx, pos_rows, q)
-        with ph("target_encode_pos"):
-            p = self.embed_target_rows(pos_rows)
-        self.counters.target_encodes += len(pos_rows)
-        loss, parts = self.negatives_and_loss(step, idx, pos_rows, q, p, self.embed_target_rows)
-        if parts is None or not self.optimizer_step(step):
-            return float("nan")
-        self.update_store(step, *parts)
-        return loss
-
-    def update_store(self, step: int, batch, draw, p, uniq, fresh, cached) -> None:
+    def update_store(self, step: int, r: StepResult) -> None:
         """After the optimiser step: the write-back and the other refreshers, the sampler's bookkeeping."""
         if self.store is None:
             return
         ph = self.phases
         self.step_stats = {}
-        drawn = uniq if cached is None else cached
+        drawn = r.drawn if r.cached is None else r.cached
         if drawn is not None and len(drawn):  # how stale the rows it drew were (before any refresh)
             self.step_stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
-        f = Fresh(step, batch.pos_rows, p.detach(), uniq, None if fresh is None else fresh.detach())
+        f = Fresh(step, r.batch.pos_rows, r.pos_emb, r.drawn, r.drawn_emb)
+        batch, draw = r.batch, r.draw
         for r in self.refreshers:
             if r.phase == "write_back":
                 with ph("write_back"):
@@ -420,45 +333,11 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
             self.grad_stats["grad_norm"] = float(norm)  # before clipping
             if not torch.isfinite(norm):
-                self._diverged("the gradient norm", norm, step)
+                self.diverged("the gradient norm", norm, step)
                 return False
             self.optimizer.step()
             self.scheduler.step()
         return True
-
-    def train_step_all(self, step: int, idx, pos_rows, q) -> float:
-        """--negatives all: every target encoded (chunks, no graph), the loss over all of them, then the
-        cached embedding gradient pushed back through the target tower chunk by chunk."""
-        m, ph, n = self.model, self.phases, self.dataset.num_targets
-
-        feats = self.__dict__.setdefault("_all_features", {})  # tokenised once per chunk, kept
-
-        def encode(rows):
-            key = (int(rows[0]), len(rows))
-            if key not in feats:
-                feats[key] = self.target_features(rows)
-            with self.autocast():
-                return m.embed_targets(feats[key])
-
-        d = self.dist  # under torchrun each rank encodes (and backpropagates) its share of the targets
-        with ph("target_encode_neg"):
-            enc = encode_cached(encode, n, self.cfg.chunk_size or self.cfg.eval_batch_size, params=m.parameters(),
-                                share=d.share(n), gather=(lambda e: d.gather(e.to(d.device), n).to(self.device))
-                                if d.on else None, dim=m.dim)
-        self.counters.target_encodes += n
-        batch = self.make_batch(step, idx, pos_rows, enc.emb[torch.as_tensor(pos_rows)])
-        with ph("loss_backward"):
-            loss = self.loss_fn(**all_inputs(self.loss_fn, q, m.logit_scale(), batch, enc.emb))
-            if not torch.isfinite(loss):
-                return self._diverged("the loss", loss.detach(), step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        with ph("target_encode_neg"):
-            enc.backward()
-        self.counters.target_encodes += n
-        if not self.optimizer_step(step):
-            return float("nan")
-        return float(loss.detach())
 
     def encode_training_queries(self, idx) -> torch.Tensor:
         """Eval-mode embeddings of training queries ``idx`` (the batcher's clustering), counted."""
@@ -470,14 +349,6 @@ class Trainer:
         self.model.train(was)
         self.counters.query_encodes += len(idx)
         return torch.as_tensor(out).float()
-
-    def cached_negatives(self, draw: Draw, device):
-        """--negative-grad none: [B, k, d] cached embeddings of the drawn rows (no gradient, not
-        counted as encodes) and the distinct usable rows."""
-        ok = ~draw.mask
-        rows = draw.ids[ok].unique()
-        emb = self.store.embeddings(draw.ids.reshape(-1)).view(*draw.ids.shape, -1)
-        return emb.masked_fill(draw.mask.unsqueeze(-1), 0.0).to(device), rows
 
     def eval_due(self) -> bool:
         """--eval-every N steps, or --eval-every-seconds S of training time (a curve against wall time)."""
@@ -520,26 +391,20 @@ class Trainer:
                 "global_batch": self.global_batch,
                 "store_encodes": self.store.target_encodes if self.store is not None else 0}
 
+    def parts(self) -> dict:
+        """Every part with a state to checkpoint, by name (each saves and loads its own: checkpoint.py)."""
+        out = {"sampler": self.sampler, "batcher": self.batcher, "memory": self.memory}
+        out.update({f"refresher.{r.name}": r for r in self.refreshers})
+        return out
+
     def save(self) -> None:
+        self._event("on_save")
         if self.dist.on and self.store is not None and not self.store.sharded:  # replicas must not drift (dist.py)
-            c = self.store.checksum()
-            if os.environ.get("NEGMINER_TEST_SKEW_RANK") == str(self.dist.rank):  # tests: a drifted replica
-                c[0] += 1.0
-            if not self.dist.same(c):
+            if not self.dist.same(self.store.checksum()):
                 raise TrainingDiverged(f"step {self.step}: the processes' target stores differ (a nondeterministic "
                                        "kernel or a rank that skipped an update); nothing was saved")
-        tensors, meta = self.sampler.state()
-        bt, bm = self.batcher.state()
-        tensors, meta = {**tensors, **bt}, {**meta, **({"batcher": bm} if bm else {})}
-        for r in self.refreshers:
-            t, m = r.state()
-            tensors, meta = {**tensors, **t}, {**meta, **({f"refresher.{r.name}": m} if m else {})}
-        if self.bank is not None:
-            t, m = self.bank.state()
-            tensors, meta = {**tensors, **t}, {**meta, "bank": m}
         if self.dist.main:  # the ranks' states are the same (dist.py): rank 0 writes them
-            save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), tensors, store=self.store,
-                            sampler_meta=meta)
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), self.parts(), store=self.store)
         elif self.store is not None and self.store.sharded:  # rank 0 collects the rows from every process
             self.store.save(None)
         self.dist.barrier()
@@ -549,26 +414,20 @@ class Trainer:
         ckpt = find_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        st, extra = load_checkpoint(ckpt, self.model, self.optimizer)
+        st, tensors = load_checkpoint(ckpt, self.model, self.optimizer)
         if st.get("global_batch", self.global_batch) != self.global_batch:
             raise ConfigError(f"{ckpt}: saved with a global batch of {st['global_batch']} ({st.get('world_size', 1)} "
                               f"processes); this run has {self.global_batch} ({self.dist.world} x --batch-size "
                               f"{self.cfg.batch_size}): resume with the same product of processes and --batch-size")
         self.step, self.seconds = st["step"], st["seconds"]
-        self.phases = PhaseTimer(self.device, st.get("phase_seconds"))
+        self.phases.seconds.update(st.get("phase_seconds") or {})  # in place: the encoding service holds both
         self.last_checkpoint_step = self.step
         if self.store is not None:
             if self.store.path is not None:  # reopen the memory map instead of overwriting it
-                self.store = self._make_store(resume=True)
+                self.store = self.make_store(resume=True)
             self.store.load(ckpt, st.get("store_encodes", 0))
-        self.sampler.load_state(extra, st.get("sampler", {}))
-        self.batcher.load_state(extra, st.get("sampler", {}).get("batcher", {}))
-        for r in self.refreshers:
-            if f"refresher.{r.name}" in st.get("sampler", {}):
-                r.load_state(extra, st["sampler"][f"refresher.{r.name}"])
-        if self.bank is not None:
-            self.bank.load_state(extra, st.get("sampler", {}).get("bank", {}), self.device)
-        self.counters = Counters(**st["counters"])
+        load_parts(self.parts(), tensors, st.get("parts", {}))
+        vars(self.counters).update(st["counters"])
         self.scheduler.last_epoch = st["scheduler_last_epoch"]
         for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             g["lr"] = lr0 * f(self.scheduler.last_epoch)
@@ -577,6 +436,12 @@ class Trainer:
             rows = [r for r in read_jsonl(self.run_dir / "train_log.jsonl") if r.get("step", 0) <= self.step]
             atomic_write_text(self.run_dir / "train_log.jsonl", "".join(_jsonl(r) for r in rows))
         return True
+
+    def _event(self, name: str, *args) -> None:
+        for hook in self.hooks:
+            fn = getattr(hook, name, None)
+            if fn is not None:
+                fn(self, *args)
 
     def _log(self, row: dict) -> None:
         if not self.dist.main:
@@ -623,17 +488,12 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, desc="train", unit="step",
                    dynamic_ncols=True)
         self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds if cfg.eval_every_seconds else 0
-        t0 = time.perf_counter() - self.seconds
-        pause = float(os.environ.get("NEGMINER_STEP_SLEEP", "0"))  # tests: widen the window for a kill
-        die = (int(os.environ.get("NEGMINER_DIE_AT_STEP", "-1")), int(os.environ.get("NEGMINER_DIE_RANK", "0")))
+        t0 = self.clock() - self.seconds
         while self.step < self.total_steps and not self.out_of_time():
-            if (self.step, self.dist.rank) == die:  # tests: a rank killed mid-run
-                os._exit(17)
+            self._event("on_step_start", self.step)
             loss = self.train_step(self.step)
-            if pause:
-                time.sleep(pause)
             self.step += 1
-            self.seconds = self.dist.agree(time.perf_counter() - t0)  # rank 0's clock decides budgets and evals
+            self.seconds = self.dist.agree(self.clock() - t0)  # rank 0's clock decides budgets and evals
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             row = None
@@ -644,14 +504,14 @@ class Trainer:
                        "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
                        **{k: round(v, 6) for k, v in self.last_stats().items()}}
             for hook in self.hooks if main else ():
-                extra = hook.on_step(self, self.step)
+                extra = hook.on_step(self, self.step) if hasattr(hook, "on_step") else None
                 if extra:
                     row = dict(row or {"step": self.step}, **extra)
                     self.model.train()
             if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
                 row = dict(row or {"step": self.step}, seconds=round(self.seconds, 3), eval=self.evaluate())
                 self.model.train()
-            t0 = time.perf_counter() - self.seconds  # hook and evaluation time is not training time
+            t0 = self.clock() - self.seconds  # hook and evaluation time is not training time
             if row:
                 self._log(row)
             if (cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps
