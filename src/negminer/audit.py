@@ -138,6 +138,7 @@ def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], f
     want = set(anchors)
     n = len(fresh)
     z_rows, zg_rows, g_rows, gs_rows, cover = [], [], [], [], []  # (draw, anchor, value)
+    memo: dict = {}
     if hasattr(setup.batcher, "prepare") and hasattr(setup.batcher, "_perm_epoch"):
         setup.batcher.batch(epoch * nbat)  # the epoch's groups (NGAME), for the batcher's counts
     from tqdm.auto import tqdm
@@ -170,7 +171,12 @@ def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], f
             if lzh is None:
                 raise ValueError("audit: this configuration's loss has uncorrected negative terms")
             rows = [i for i, x in enumerate(idx) if int(x) in want]
-            exact = [_exact(setup, q[i], p[i], int(idx[i]), fresh, batch.loss_scale, pos_rows[i], b) for i in rows]
+            exact = []
+            for i in rows:  # a function of (anchor, drawn positive) only: computed once
+                key = (int(idx[i]), int(pos_rows[i]))
+                if key not in memo:
+                    memo[key] = _exact(setup, q[i], p[i], int(idx[i]), fresh, batch.loss_scale, pos_rows[i], b)
+                exact.append(memo[key])
             lz = torch.stack([e[0] for e in exact])
             empty = torch.isneginf(lz)  # nothing reachable for this anchor and positive: Z_hat must be 0 too
             if bool(empty.any()) and bool(torch.isfinite(lzh[rows].detach()[empty]).any()):
@@ -253,3 +259,84 @@ def _vector_bias(rows) -> tuple[float, float, float]:
         if len(x) > 1:
             n2 += float(x.var(0).sum()) / len(x)
     return b2, n2, math.sqrt(b2)
+
+
+def audit_command(args) -> int:
+    """``negminer audit``: the check above for a user's own configuration and data, built exactly as ``train``
+    builds it (training ``--at-step`` steps first); one JSON object on stdout."""
+    import json
+    import sys
+    import tempfile
+    import time
+
+    from negminer import rules
+    from negminer.cli import train_config
+    from negminer.train.trainer import Trainer
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.out:
+            args.out = tmp
+        cfg = train_config(args)
+        p = rules.check(cfg)
+        tr = Trainer(cfg, hooks=[])
+        tr.setup_sampler()
+        tr.model.train()
+        for s in range(args.at_step):
+            tr.train_step(s)
+        micro = cfg.accumulation if cfg.memory in ("accumulation", "contaccum") else 1
+        setup = Setup(tr.sampler, tr.store, tr.batcher, tr.loss_fn, tr.make_batch, tr.pos_lists, tr.exclude,
+                      cfg.inbatch, cfg.share_negatives, micro, cfg.negative_grad)
+        out = {"pipeline": pipeline_summary(p), "at_step": args.at_step, "targets": tr.dataset.num_targets,
+               "training_queries": len(tr.qids)}
+        why = no_correction(setup, cfg.loss, cfg)
+        if why is not None:
+            out.update(corrected=False, note=why, seconds=round(time.perf_counter() - t0, 1))
+            print(json.dumps(out))
+            return 0
+        tr.model.eval()
+        with torch.no_grad():
+            fresh = tr.store.embed(range(tr.dataset.num_targets), tr.model, batch_size=cfg.eval_batch_size,
+                                   progress=not cfg.quiet) if tr.store is not None else \
+                tr.model.encode_targets(tr.target_inputs, batch_size=cfg.eval_batch_size, progress=not cfg.quiet)
+        fresh = fresh.float().cpu()
+        memo: dict[int, torch.Tensor] = {}
+
+        def query_emb(idx):
+            missing = [int(i) for i in idx if int(i) not in memo]
+            if missing:
+                with torch.no_grad():
+                    e = tr.model.encode_queries([tr.query_texts[i] for i in missing], batch_size=cfg.eval_batch_size)
+                memo.update(zip(missing, torch.as_tensor(e).float().cpu()))
+            return torch.stack([memo[int(i)] for i in idx])
+
+        rng = np.random.default_rng([cfg.seed, 97])
+        anchors = sorted(rng.choice(len(tr.qids), size=min(args.anchors, len(tr.qids)), replace=False).tolist())
+        epoch, _ = tr.batcher.position(args.at_step)
+        r = audit_draws(setup, query_emb, fresh, anchors, args.draws, epoch=epoch, seed=cfg.seed,
+                        progress=not cfg.quiet)
+    out.update(corrected=True, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    out["within_3_se"] = bool(abs(r["z_ratio"] - 1) < 3 * r["z_ratio_se"])
+    if cfg.negative_grad == "none":
+        out["note"] = ("--negative-grad none scores drawn negatives with their cached embeddings: the estimate is of "
+                       "a partition function over stale scores, so z_ratio measures the store's staleness too")
+    elif r.get("z_coverage", 1.0) < 0.999:
+        out["note"] = ("the sampler draws from a subset (partial cache, stream queue or prefilter top K): the loss "
+                       "estimates the partition function over the reachable targets, which hold z_coverage of it")
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out))
+    if not out["within_3_se"] and not cfg.quiet:
+        print("negminer: audit: z_ratio is more than 3 standard errors from 1: the loss is a biased estimate for this "
+              "configuration (rerun with more --draws to confirm)", file=sys.stderr)
+    return 0
+
+
+def pipeline_summary(p) -> dict:
+    """The resolved pipeline as JSON (rules.Pipeline)."""
+    from negminer import rules
+
+    cfg = p.cfg
+    return {"batching": p.batcher.name, "memory": p.memory.name, "sampler": p.sampler.name,
+            "num_negatives": cfg.num_negatives if "draws" in p.caps else 0, "inbatch": bool(cfg.inbatch),
+            "share_negatives": bool(cfg.share_negatives), "margin": cfg.margin,
+            "refreshers": [r.name for r in p.refreshers], "loss": p.loss.name, "corrections": rules.corrections(p)}

@@ -1,4 +1,4 @@
-"""Command line: ``negminer train | eval | data check``."""
+"""Command line: ``negminer train | eval | audit | mine | diagnose | compare | data check``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--model", default=None, help="model directory (default: --encoder)")
     dg.add_argument("--batches", type=int, default=4, help="batches of queries to average over")
     dg.set_defaults(func=cmd_diagnose)
+    au = sub.add_parser("audit", help="is the loss an unbiased estimate of the full softmax for this configuration? "
+                        "(the pipeline built as train builds it, against brute force; one JSON object)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_args(au)
+    au.add_argument("--draws", type=int, default=50, help="repetitions of a step's randomness around the anchors")
+    au.add_argument("--anchors", type=int, default=8, help="training queries whose estimates are checked")
+    au.add_argument("--at-step", type=int, default=0, help="train this many steps first (a stale store)")
+    au.set_defaults(func=cmd_audit)
     cp = sub.add_parser("compare", help="paired test of runs on the same queries (per-query metrics)")
     cp.add_argument("runs", nargs="+", help="RUN_DIR (or per_query.jsonl); seeds of one setup joined by commas; "
                     "the first is the baseline")
@@ -154,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the statistics as JSON")
     c.set_defaults(func=cmd_data_check)
     return p
+
+
+def cmd_audit(args) -> int:
+    from negminer.audit import audit_command
+
+    for name in ("draws", "anchors"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1")
+    if args.at_step < 0:
+        raise ConfigError("--at-step must be >= 0")
+    return audit_command(args)
 
 
 def cmd_compare(args) -> int:
