@@ -43,6 +43,7 @@ class Part:
     refuses: tuple[tuple[str, str], ...] = ()  # (capability the pipeline must not have, reason)
     adjust: Callable[[TrainConfig, set], None] | None = None  # options that change what it gives
     limits: str = ""                           # what ``adjust`` takes away, in words
+    impl: str = ""                             # "module:Class" that implements it (samplers)
     correction: str = ""                       # the weights it makes (``--dry-run``)
 
 
@@ -60,44 +61,48 @@ def _cache_adjust(cfg, caps):
         caps -= {"cross", "shardable"}  # per-query candidate lists; each process would need every row
 
 
+def _sampler(name: str, impl: str, *args, **kw) -> Part:
+    return Part("sampler", name, *args, impl=f"negminer.samplers.{impl}", **kw)
+
+
 STORE_OPTS = ("store_dtype", "store_path", "store_device", "store_shard", "store_max_ram_mb", "write_back")
 SCORED = ("num_negatives", "sample_temperature", "margin", "replacement", "negative_grad", "share_negatives")
 
 SAMPLERS = [
-    Part("sampler", "inbatch", "the other queries' positives only", gives=_caps()),
-    Part("sampler", "uniform", "k uniform draws with replacement over every target (log Q = log k/N)",
-         ("num_negatives", "share_negatives", "replacement"), _caps("draws", "log_pi", "cross"),
-         correction="log pi = log(k / N)"),
-    Part("sampler", "exact", "k draws from softmax(q . g(t) / tau_s) over every target, re-encoded every R steps "
-         "(R = 1: the exact oracle) or the exact top-k (--selection topk)", SCORED + ("selection",) + STORE_OPTS,
-         _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z", "shardable"), adjust=_exact_adjust,
-         limits="--selection topk takes the exact top k: no softmax draws, no inclusion probabilities",
-         correction="log pi = Gumbel-top-k inclusion probability (priority-sampling threshold), or log k q with "
+    _sampler("inbatch", "inbatch:InBatchSampler", "the other queries' positives only", gives=_caps()),
+    _sampler("uniform", "uniform:UniformSampler", "k uniform draws with replacement over every target (log Q = log k/N)",
+             ("num_negatives", "share_negatives", "replacement"), _caps("draws", "log_pi", "cross"),
+             correction="log pi = log(k / N)"),
+    _sampler("exact", "exact:ExactSampler", "k draws from softmax(q . g(t) / tau_s) over every target, re-encoded every R steps "
+             "(R = 1: the exact oracle) or the exact top-k (--selection topk)", SCORED + ("selection",) + STORE_OPTS,
+             _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z", "shardable"), adjust=_exact_adjust,
+             limits="--selection topk takes the exact top k: no softmax draws, no inclusion probabilities",
+             correction="log pi = Gumbel-top-k inclusion probability (priority-sampling threshold), or log k q with "
                     "replacement"),
-    Part("sampler", "ance", "k of each query's top --ance-top from an index rebuilt every R steps (ANCE)",
-         ("num_negatives", "margin", "negative_grad", "share_negatives", "ance_top") + STORE_OPTS,
-         _caps(STORE, "draws", "scores")),
-    Part("sampler", "cache", "k draws from softmax(stale scores / tau_s) over the cached targets (negative cache, "
-         "Gumbel-Max in one streaming pass); --prefilter-top K: among each query's top K from an IVF index",
-         SCORED + ("cache_size", "prefilter_top", "prefilter_nprobe", "prefilter_nlist", "prefilter_rebuild") + STORE_OPTS,
-         _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z", "shardable"), adjust=_cache_adjust,
-         limits="--prefilter-top gives each query its own candidate list: no inclusion probabilities for the "
+    _sampler("ance", "ance:AnceSampler", "k of each query's top --ance-top from an index rebuilt every R steps (ANCE)",
+             ("num_negatives", "margin", "negative_grad", "share_negatives", "ance_top") + STORE_OPTS,
+             _caps(STORE, "draws", "scores")),
+    _sampler("cache", "cache:CacheSampler", "k draws from softmax(stale scores / tau_s) over the cached targets (negative cache, "
+             "Gumbel-Max in one streaming pass); --prefilter-top K: among each query's top K from an IVF index",
+             SCORED + ("cache_size", "prefilter_top", "prefilter_nprobe", "prefilter_nlist", "prefilter_rebuild") + STORE_OPTS,
+             _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z", "shardable"), adjust=_cache_adjust,
+             limits="--prefilter-top gives each query its own candidate list: no inclusion probabilities for the "
                 "other queries, and each process would need every row",
-         correction="log pi = Gumbel-top-k inclusion probability over the cached rows, or log k q with replacement"),
-    Part("sampler", "cache-stream", "k draws from softmax(stale scores / tau_s) over a FIFO / LRU queue of "
-         "recent positives (the streaming negative cache)",
-         SCORED + ("cache_size", "stream_policy") + STORE_OPTS,
-         _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"),
-         correction="log pi over the queue's rows (-inf outside it: in-batch-only terms)"),
-    Part("sampler", "tree", "exact draws from the softmax over every cached target by a dynamic k-means tree's "
-         "bounds and adaptive rejection (with replacement)",
-         SCORED + ("tree_beam", "tree_branching", "tree_leaf_size") + STORE_OPTS,
-         _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"),
-         correction="log pi = log k + s - log Z_hat (Z_hat: scored leaves exact, the rest estimated)"),
-    Part("sampler", "mined", "k of each query's fixed mined list, uniformly (no proposal over all targets)",
-         ("num_negatives", "mined_file", "share_negatives"), _caps("draws")),
-    Part("sampler", "all", "every target is a negative (the exact full softmax, encoded in chunks with a cached "
-         "gradient)", ("chunk_size",), _caps()),
+             correction="log pi = Gumbel-top-k inclusion probability over the cached rows, or log k q with replacement"),
+    _sampler("cache-stream", "cache_stream:CacheStreamSampler", "k draws from softmax(stale scores / tau_s) over a FIFO / LRU queue of "
+             "recent positives (the streaming negative cache)",
+             SCORED + ("cache_size", "stream_policy") + STORE_OPTS,
+             _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"),
+             correction="log pi over the queue's rows (-inf outside it: in-batch-only terms)"),
+    _sampler("tree", "tree:TreeSampler", "exact draws from the softmax over every cached target by a dynamic k-means tree's "
+             "bounds and adaptive rejection (with replacement)",
+             SCORED + ("tree_beam", "tree_branching", "tree_leaf_size") + STORE_OPTS,
+             _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"),
+             correction="log pi = log k + s - log Z_hat (Z_hat: scored leaves exact, the rest estimated)"),
+    _sampler("mined", "mined:MinedSampler", "k of each query's fixed mined list, uniformly (no proposal over all targets)",
+             ("num_negatives", "mined_file", "share_negatives"), _caps("draws")),
+    _sampler("all", "all:AllSampler", "every target is a negative (the exact full softmax, encoded in chunks with a cached "
+             "gradient)", ("chunk_size",), _caps()),
 ]
 LOSSES = [
     Part("loss", "softmax", "InfoNCE over [positive, negatives], each negative corrected by -log pi",

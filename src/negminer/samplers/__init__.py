@@ -19,48 +19,32 @@ from negminer.samplers.tree import TreeSampler
 from negminer.samplers.uniform import UniformSampler
 from negminer.types import Batch, Draw, Exclusions
 
-SAMPLERS = {"inbatch": InBatchSampler, "uniform": UniformSampler, "exact": ExactSampler, "ance": AnceSampler,
-            "cache": CacheSampler, "cache-stream": CacheStreamSampler, "mined": MinedSampler, "tree": TreeSampler,
-            "all": AllSampler}
+def sampler_class(name: str) -> type[Sampler]:
+    """The class the rule table names for ``--negatives name`` (rules.PARTS: ``impl``)."""
+    import importlib
+
+    from negminer import rules
+    from negminer.errors import ConfigError
+
+    part = rules.PARTS.get(("sampler", name))
+    if part is None:
+        raise ConfigError(f"unknown --negatives {name!r}; choose from {', '.join(rules.NAMES['sampler'])}")
+    module, cls = part.impl.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> Sampler:
-    """The sampler named by ``cfg.negatives`` with its options from the TrainConfig; ``replacement``:
-    draw with replacement (``--replacement``, or a loss that needs it); ``mined``: per training query,
-    its mined negative rows (``--negatives mined``)."""
-    from negminer.errors import ConfigError
-
-    name = cfg.negatives
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown --negatives {name!r}; choose from {', '.join(sorted(SAMPLERS))}")
+    """The sampler named by ``cfg.negatives`` with its options from the TrainConfig (each sampler's
+    ``from_config``); ``replacement``: draw with replacement (``--replacement``, or a loss that needs it);
+    ``mined``: per training query, its mined negative rows (``--negatives mined``)."""
     common = {"margin": cfg.margin, "sample_temperature": cfg.sample_temperature or None,
               "replacement": replacement or cfg.replacement}
-    k = cfg.num_negatives
-    if name == "inbatch":
-        s = InBatchSampler()
-    elif name == "all":
-        s = AllSampler()
-    elif name == "mined":
-        s = MinedSampler(k, mined, **common)
-    elif name == "uniform":
-        s = UniformSampler(k, **common)
-    elif name == "exact":
-        s = ExactSampler(k, selection=cfg.selection, **common)
-    elif name == "ance":
-        s = AnceSampler(k, top=cfg.ance_top, **common)
-    elif name == "cache":
-        s = CacheSampler(k, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
-                         prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
-                         prefilter_rebuild=cfg.prefilter_rebuild, **common)
-    elif name == "tree":
-        s = TreeSampler(k, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
-                        seed=cfg.seed, **common)
-    else:
-        s = CacheStreamSampler(k, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
+    cls = sampler_class(cfg.negatives)
+    s = cls.from_config(cfg, common, mined) if cfg.negatives == "mined" else cls.from_config(cfg, common)
     s.shared = cfg.share_negatives
     return s
 
 
-__all__ = ["SAMPLERS", "Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "gumbel_topk",
+__all__ = ["Batch", "Draw", "Exclusions", "Sampler", "build_sampler", "sampler_class", "gumbel_topk",
            "InBatchSampler", "UniformSampler", "ExactSampler", "AnceSampler", "CacheSampler", "CacheStreamSampler", "MinedSampler",
            "TreeSampler", "AllSampler"]

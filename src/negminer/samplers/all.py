@@ -19,5 +19,9 @@ class AllSampler(Sampler):
     needs_store = False
     all_targets = True
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "AllSampler":
+        return cls()
+
     def sample(self, q, batch, store):
         return Draw.empty(len(q))

@@ -21,6 +21,10 @@ from negminer.samplers.base import Draw, Sampler
 class AnceSampler(Sampler):
     name = "ance"
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "AnceSampler":
+        return cls(cfg.num_negatives, top=cfg.ance_top, **common)
+
     def __init__(self, k: int, top: int = 100, **kw):
         super().__init__(k, **kw)
         self.top, self.index, self.dirty, self._watched = top, None, True, None

@@ -37,6 +37,11 @@ class Sampler:
         self.want_log_z = False  # set by the trainer when the loss needs Draw.log_z
         self.last_stats: dict = {}
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "Sampler":
+        """The sampler with its options from a TrainConfig (``common``: margin, sampling temperature, replacement)."""
+        return cls(cfg.num_negatives, **common)
+
     def setup(self, store, model, step: int, encode=None) -> None:
         """Called once before training (and after resume): build caches and indexes."""
 

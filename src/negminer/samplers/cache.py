@@ -30,6 +30,12 @@ from negminer.samplers.proposal import store_proposal
 class CacheSampler(Sampler):
     name = "cache"
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "CacheSampler":
+        return cls(cfg.num_negatives, cache_size=cfg.cache_size, seed=cfg.seed, prefilter_top=cfg.prefilter_top,
+                   prefilter_nprobe=cfg.prefilter_nprobe, prefilter_nlist=cfg.prefilter_nlist,
+                   prefilter_rebuild=cfg.prefilter_rebuild, **common)
+
     def __init__(self, k: int, cache_size: int = 0, seed: int = 0, prefilter_top: int = 0, prefilter_nprobe: int = 8,
                  prefilter_rebuild: int = 100, prefilter_nlist: int = 0, **kw):
         super().__init__(k, **kw)

@@ -22,6 +22,10 @@ from negminer.samplers.proposal import store_proposal
 class CacheStreamSampler(Sampler):
     name = "cache-stream"
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "CacheStreamSampler":
+        return cls(cfg.num_negatives, cache_size=cfg.cache_size or 4096, policy=cfg.stream_policy, **common)
+
     def __init__(self, k: int, cache_size: int = 4096, policy: str = "fifo", **kw):
         super().__init__(k, **kw)
         if policy not in ("fifo", "lru"):

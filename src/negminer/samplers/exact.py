@@ -20,6 +20,10 @@ from negminer.samplers.proposal import store_proposal
 class ExactSampler(Sampler):
     name = "exact"
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "ExactSampler":
+        return cls(cfg.num_negatives, selection=cfg.selection, **common)
+
     def __init__(self, k: int, selection: str = "sample", **kw):
         super().__init__(k, **kw)
         self.selection = selection

@@ -19,5 +19,9 @@ class InBatchSampler(Sampler):
     name = "inbatch"
     needs_store = False
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "InBatchSampler":
+        return cls()
+
     def sample(self, q, batch, store):
         return Draw.empty(len(q))

@@ -24,6 +24,10 @@ class MinedSampler(Sampler):
     name = "mined"
     needs_store = False
 
+    @classmethod
+    def from_config(cls, cfg, common: dict, mined: list | None = None) -> "MinedSampler":
+        return cls(cfg.num_negatives, mined, **common)
+
     def __init__(self, k: int, lists: list[list[int]] | None = None, **kw):
         super().__init__(k, **kw)
         self.lists = [torch.as_tensor(x, dtype=torch.long) for x in (lists or [])]

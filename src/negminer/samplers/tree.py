@@ -50,6 +50,11 @@ BLOCK = 1024
 class TreeSampler(Sampler):
     name = "tree"
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "TreeSampler":
+        return cls(cfg.num_negatives, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
+                   seed=cfg.seed, **common)
+
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
                  estimate: int = 64, fallback: int = 8, min_share: float = 0.01, max_proposals: int = 32768,
                  seed: int = 0, **kw):

@@ -21,6 +21,10 @@ class UniformSampler(Sampler):
     name = "uniform"
     needs_store = False  # it reads N only (from the batch's exclusions)
 
+    @classmethod
+    def from_config(cls, cfg, common: dict) -> "UniformSampler":
+        return cls(cfg.num_negatives, **common)
+
     def sample(self, q, batch: Batch, store) -> Draw:
         b, n = len(q), batch.excl.n
         ids = torch.randint(n, (b, self.k), generator=batch.generator)
