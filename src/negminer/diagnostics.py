@@ -116,7 +116,7 @@ def diagnose_command(args) -> int:
         cfg = resolve(flags)
         tr = Trainer(cfg, hooks=[])
         if tr.store is None:
-            tr.store = tr._make_store(resume=False)
+            tr.store = tr.make_store(resume=False)
         tr.setup_sampler()
         rows = [diagnose_trainer(tr, s) for s in range(args.batches)]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}

@@ -146,7 +146,7 @@ class ContAccum(Accumulation):
 
     def __init__(self, accumulation: int, bank_size: int, dual: bool = True, warmup: int = 0):
         super().__init__(accumulation)
-        self.bank, self.warmup, self._step = MemoryBank(bank_size, dual=dual), warmup, 0
+        self.bank, self.warmup = MemoryBank(bank_size, dual=dual), warmup
 
     def extend(self, kw: dict, batch, num_targets: int) -> dict:
         return self.bank.extend(kw, batch, num_targets) if batch.step >= self.warmup else kw
