@@ -228,23 +228,22 @@ class Trainer:
         self.counters.skipped_steps += 1
         return float("nan")
 
-    def update_store(self, step: int, r: StepResult) -> None:
+    def update_store(self, step: int, res: StepResult) -> None:
         """After the optimiser step: the write-back and the other refreshers, the sampler's bookkeeping."""
         if self.store is None:
             return
         ph = self.phases
         self.step_stats = {}
-        drawn = r.drawn if r.cached is None else r.cached
+        drawn = res.drawn if res.cached is None else res.cached
         if drawn is not None and len(drawn):  # how stale the rows it drew were (before any refresh)
             self.step_stats["drawn_age"] = float((step - self.store.age[drawn].float()).mean())
-        f = Fresh(step, r.batch.pos_rows, r.pos_emb, r.drawn, r.drawn_emb)
-        batch, draw = r.batch, r.draw
+        f = Fresh(step, res.batch.pos_rows, res.pos_emb, res.drawn, res.drawn_emb)
         for r in self.refreshers:
             if r.phase == "write_back":
                 with ph("write_back"):
                     r.after_step(f)
         with ph("refresh"):
-            self.sampler.update(batch, draw, self.model, self.store, step + 1, encode=self.encode_rows)
+            self.sampler.update(res.batch, res.draw, self.model, self.store, step + 1, encode=self.encode_rows)
             for r in self.refreshers:
                 if r.phase != "write_back":
                     r.after_step(f)
