@@ -2,6 +2,10 @@
 mean of the loss's partition-function estimate and of its gradient with respect to the query embeddings equal
 the brute-force values over every eligible target, within their standard errors.
 
+Memory strategies enter the estimator through their micro-batches: accumulation's micro-batches have their own
+pools, draws and in-batch counts; GradCache's step is the plain batch's (its gradient equals the plain step's:
+tests/memory/test_gradcache.py), so its cases run the plain estimator; ContAccum's bank is uncorrected by design.
+
 Fast tier (CI): a pairwise-covering subset. Full tier: ``make conformance`` (``pytest -m conformance``), every
 legal combination (about 600, ~40 minutes on 2 cores).
 
