@@ -126,10 +126,10 @@ def eligible(setup: Setup, q: torch.Tensor, p_emb: torch.Tensor, anchor: int, n:
 
 
 def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], fresh: torch.Tensor,
-                anchors: list[int], draws: int, epoch: int = 0, step0: int = 1 << 30, seed: int = 0,
+                anchors: list[int], draws: int, epoch: int = 0, step: int = 0, seed: int = 0,
                 progress: bool = False) -> dict:
-    """Repeat the randomness of a step ``draws`` times around ``anchors`` (training-query indices) and compare
-    the loss's estimates with brute force; ``query_emb(idx) -> [len, d]`` fresh query embeddings, ``fresh``
+    """Repeat the randomness of step ``step`` (in ``epoch``) ``draws`` times around ``anchors`` (training-query
+    indices) and compare the loss's estimates with brute force; ``query_emb(idx) -> [len, d]`` fresh query embeddings, ``fresh``
     [N, d] every target's fresh embedding. See the module docstring for the figures returned."""
     b_all, k_acc = setup.batcher.batch_size, setup.accumulation
     b = b_all // k_acc
@@ -154,7 +154,8 @@ def audit_draws(setup: Setup, query_emb: Callable[[np.ndarray], torch.Tensor], f
             pr = torch.as_tensor(pos_rows, dtype=torch.long)
             q = query_emb(idx).float()
             p = fresh[pr]
-            batch = setup.make_batch(step0 + r * nbat + bi, idx, pos_rows, p, j if k_acc > 1 else 0)
+            batch = setup.make_batch((1 << 30) + r * nbat + bi, idx, pos_rows, p, j if k_acc > 1 else 0)
+            batch.step = step  # its own generator, but the step the audit repeats (indexes rebuilt on schedule stay)
             draw = setup.sampler.sample(q, batch, setup.store) if setup.sampler.k else _empty(len(idx))
             neg = None
             if draw.ids.numel():
@@ -313,7 +314,7 @@ def audit_command(args) -> int:
         rng = np.random.default_rng([cfg.seed, 97])
         anchors = sorted(rng.choice(len(tr.qids), size=min(args.anchors, len(tr.qids)), replace=False).tolist())
         epoch, _ = tr.batcher.position(args.at_step)
-        r = audit_draws(setup, query_emb, fresh, anchors, args.draws, epoch=epoch, seed=cfg.seed,
+        r = audit_draws(setup, query_emb, fresh, anchors, args.draws, epoch=epoch, step=args.at_step, seed=cfg.seed,
                         progress=not cfg.quiet)
     out.update(corrected=True, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
     out["within_3_se"] = bool(abs(r["z_ratio"] - 1) < 3 * r["z_ratio_se"])

@@ -348,8 +348,9 @@ def corrections(p: Pipeline) -> list[str]:
                    "drawn negatives: uncorrected by design (no inclusion probabilities)")
     if cfg.inbatch and "pool" in p.loss.gives:
         if corrected:
-            out.append("in-batch + drawn mixture: pi_ij = c_i(j) + pi_sampler(i, j); c_i(j) the in-batch count given "
-                       "the batch's queries where the sampler can draw j, over batches (the batcher's) where it cannot")
+            out.append("in-batch + drawn mixture: pi_ij = c_i(j) + pi_sampler(i, j), c_i(j) the batcher's expected "
+                       "in-batch count" + (" (given the batch's queries where a sampler can draw j: shared negatives)"
+                                           if cfg.share_negatives else ""))
         else:
             out.append("in-batch pool: uncorrected (the batch is the estimate)")
     if cfg.share_negatives:
