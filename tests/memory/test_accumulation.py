@@ -123,3 +123,31 @@ def test_contaccum_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_bad_combinations_are_refused(tiny_beir, tmp_path, opts, needle):
     with pytest.raises(ConfigError, match=needle):
         rules.check(resolve(dict(data=str(tiny_beir), out=str(tmp_path), batch_size=8, **opts)))
+
+
+def test_rows_drawn_in_several_micro_batches_are_one_row_for_the_refreshers(tiny_beir, tmp_path):
+    """40 of 160 targets drawn per query in micro-batches of 4: the same rows come up in several micro-batches.
+    The write-back sees each row once, writes the embedding the step computed for it, and its staleness is over
+    the drawn rows (a concatenation per micro-batch crashed it, or misaligned drawn rows and positives)."""
+    from negminer.refreshers import WriteBack, relative_change
+
+    cfg = resolve(dict(data=str(tiny_beir), out=str(tmp_path / "r"), encoder="static", batch_size=12,
+                       memory="accumulation", accumulation=3, negatives="cache", num_negatives=40,
+                       seed=3, quiet=True, zero_shot=False, steps=1))
+    tr = Trainer(cfg)
+    tr.setup_sampler()
+    seen = {}
+    wb = next(r for r in tr.refreshers if isinstance(r, WriteBack))
+    write = wb.after_step
+
+    def capture(f):
+        seen.update(f=f, before=tr.store.embeddings(f.drawn).clone() if f.drawn is not None else None)
+        write(f)
+
+    wb.after_step = capture
+    tr.train_step(0)
+    f = seen["f"]
+    assert len(f.drawn) == len(f.drawn.unique()) and len(f.drawn) == len(f.drawn_emb)
+    assert len(f.drawn) < 12 * 40  # the draws did overlap across micro-batches
+    assert torch.allclose(tr.store.embeddings(f.drawn), f.drawn_emb.float(), atol=1e-6)
+    assert wb.stats["staleness"] == pytest.approx(relative_change(seen["before"], f.drawn_emb.float()), rel=1e-6)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from negminer.pipeline.assemble import all_inputs, loss_inputs
+from negminer.pipeline.assemble import all_inputs, first_occurrence, loss_inputs
 from negminer.types import Batch, Draw
 
 
@@ -116,6 +116,10 @@ def _merge(tr, step: int, idx, pos_rows, parts, loss: float) -> StepResult:
     batch = parts[0][0] if len(parts) == 1 else tr.make_batch(step, idx, pos_rows, p)
     draws = [x[1] for x in parts]
     draw = draws[0] if len(parts) == 1 else Draw(torch.cat([d.ids for d in draws]), torch.cat([d.mask for d in draws]))
-    cached = cat("cached")
-    return StepResult(loss, batch, draw, p, None if cached is not None else cat("rows"),
-                      None if cached is not None else cat("emb"), cached)
+    rows, emb, cached = cat("rows"), cat("emb"), cat("cached")
+    if len(parts) > 1 and rows is not None:  # a row drawn in two micro-batches is one row of the step
+        keep = first_occurrence(rows)
+        rows, emb = rows[keep], emb[keep.to(emb.device)]
+        cached = None if cached is None else rows
+    return StepResult(loss, batch, draw, p, None if cached is not None else rows,
+                      None if cached is not None else emb, cached)
