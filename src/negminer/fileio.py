@@ -79,10 +79,10 @@ def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> N
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, keep_old: str | None = None):
+def atomic_dir(path: str | os.PathLike, keep_old: str | None = None, remove_old: bool = True):
     """Yield a temporary sibling folder; on success it replaces ``path`` whole. With ``keep_old``,
     the previous folder is renamed to that sibling name during the swap (so a kill between the
-    two renames leaves one complete copy) and removed afterwards."""
+    two renames leaves one complete copy) and removed afterwards, unless ``remove_old`` is False."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
@@ -98,7 +98,8 @@ def atomic_dir(path: str | os.PathLike, keep_old: str | None = None):
             os.replace(path, old)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        if remove_old:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -154,3 +155,23 @@ def read_jsonl(path) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return rows
+
+
+def check_output(path: str | os.PathLike, flag: str, folder: bool = True) -> None:
+    """Before any work: ``path`` (a folder to fill, or a file to write when ``folder`` is False) can be
+    written. Raises ConfigError naming ``flag`` and the path (a file where a folder should be, a parent that
+    is a file, a folder not writable). Missing folders are created later, by the writers."""
+    from negminer.errors import ConfigError
+
+    p = Path(path).expanduser()
+    if p.exists() and folder and not p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a file, not a folder")
+    if p.exists() and not folder and p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a folder, not a file")
+    probe = p if p.exists() and folder else p.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{flag} {p}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {p}: {probe if not p.exists() else p} is not writable")

@@ -10,18 +10,21 @@ Formats (JSONL, one object per line):
   * ``st``: {"anchor": str, "positive": str, "negative_1": str, ..., "negative_K": str}, one line per
     (query, positive): load with ``datasets.load_dataset("json", data_files=FILE)`` and train with
     sentence-transformers' MultipleNegativesRankingLoss.
+``train --negatives mined --mined-file FILE`` reads either. Options and ``--out`` are checked before any work.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from negminer.fileio import atomic_write_json, atomic_write_text
+from negminer.errors import ConfigError, SaveError
+from negminer.fileio import atomic_write_json, atomic_write_text, check_output
 from negminer.types import Exclusions
 from negminer.train.duplicates import duplicate_groups
 
@@ -55,10 +58,9 @@ def mine(model, dataset, split: str = "train", top_k: int = 10, margin: float | 
 def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, skip=0, fmt="flag", quiet=False) -> int:
     from negminer.data.load import load_dataset
     from negminer.encoders import build_encoder
-    from negminer.errors import ConfigError
 
-    if fmt not in ("flag", "st"):
-        raise ConfigError(f"--format must be flag or st, not {fmt!r}")
+    check_options(top_k, skip, margin, fmt)
+    out = check_out(Path(out), quiet)
     ds = load_dataset(data)
     model = build_encoder(str(model_dir))
     texts = ds.target_inputs()
@@ -76,13 +78,43 @@ def mine_command(model_dir, data, out, split="train", top_k=10, margin=None, ski
                 row = {"anchor": qtext, "positive": texts[r]}
                 row.update({f"negative_{j + 1}": texts[c] for j, (c, _) in enumerate(negs)})
                 lines.append(json.dumps(row) + "\n")
-        n += 1
-    atomic_write_text(Path(out), "".join(lines))
+        else:
+            continue
+        n += 1  # queries written
+    _save(out, atomic_write_text, "".join(lines))
     seconds = time.perf_counter() - t0  # encoding, search and writing; not loading the model or data
-    atomic_write_json(Path(f"{out}.meta.json"), {"model": str(model_dir), "data": str(data), "split": split,
-                                                 "top_k": top_k, "margin": margin, "skip": skip, "format": fmt,
-                                                 "queries": n, "targets": ds.num_targets, "seconds": round(seconds, 3)})
+    _save(Path(f"{out}.meta.json"), atomic_write_json, {
+        "model": str(model_dir), "data": str(data), "split": split, "top_k": top_k, "margin": margin, "skip": skip,
+        "format": fmt, "queries": n, "targets": ds.num_targets, "seconds": round(seconds, 3)})
     if not quiet:
         print(f"mined {top_k} negatives for {n} queries of {ds.name}/{split} in {seconds:.1f} s -> {out} "
               f"(+ {Path(out).name}.meta.json)", file=sys.stderr)
     return 0
+
+
+def check_options(top_k: int, skip: int, margin: float | None, fmt: str) -> None:
+    if fmt not in ("flag", "st"):
+        raise ConfigError(f"--format must be flag or st, not {fmt!r}")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    if skip < 0:
+        raise ConfigError(f"--skip must be >= 0, got {skip}")
+    if margin is not None and not math.isfinite(margin):
+        raise ConfigError(f"--margin must be a finite number, got {margin}")
+
+
+def check_out(out: Path, quiet: bool) -> Path:
+    """``out`` if it and its ``.meta.json`` can be written (checked before any encoding)."""
+    for p in (out, Path(f"{out}.meta.json")):
+        check_output(p, "--out", folder=False)
+    if not out.absolute().parent.exists() and not quiet:  # the atomic write makes it
+        print(f"negminer: note: --out folder {out.absolute().parent} does not exist; it will be created",
+              file=sys.stderr)
+    return out
+
+
+def _save(path: Path, write, obj) -> None:
+    try:
+        write(path, obj)
+    except OSError as e:
+        raise SaveError(f"{path}: writing failed ({e.strerror or e}); the previous file, if any, is intact") from None

@@ -86,9 +86,9 @@ def test_bad_msmarco_input(tmp_path, name, body, line, problem):
 
 PAIRS_CASES = [
     (b'{"query": "a", "positive": "b"}\n{"query": "c"}\n', 2, "field 'positive': missing"),
-    (b'{"query": "a", "positive": ["b", 3]}\n', 1, "field 'positive': expected a string or a list"),
+    (b'{"query": "a", "positive": ["b", 3]}\n', 1, "field 'positive[1]': expected a string, got int"),
     (b'{"query": "a", "positive": "b"}\n{"query": "a", "positive": \n', 2, "malformed JSON"),
-    (b'{"query": "a", "positive": "b", "neg": ["  "]}\n', 1, "field 'neg': empty text"),
+    (b'{"query": "a", "positive": "b", "neg": ["  "]}\n', 1, "field 'neg[0]': empty text"),
     (b'{"query": "", "positive": "b"}\n', 1, "field 'query': empty text"),
     (b'{"query": "a", "positive": []}\n', 1, "field 'positive': empty list"),
     (b'\n\n{"query": "caf\xe9", "positive": "b"}\n', 3, "not valid UTF-8"),

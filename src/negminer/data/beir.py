@@ -1,5 +1,6 @@
 """BEIR layout: corpus.jsonl {"_id","title","text"}, queries.jsonl {"_id","text"},
 qrels/{split}.tsv (header ``query-id corpus-id score``, tab-separated). ``.gz`` files are read too.
+Ids are JSON strings or integers (as their decimal string); title and text must be strings.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from negminer.data.dataset import Dataset
-from negminer.data.readers import IdTable, field, grade, json_records, tsv_rows
+from negminer.data.readers import IdTable, field, grade, id_field, json_records, tsv_rows
 from negminer.errors import DataError
 
 
@@ -32,7 +33,7 @@ def is_beir(root: Path) -> bool:
 def read_corpus(path: Path):
     ids, titles, texts, table = [], [], [], IdTable(path, "target")
     for no, rec in json_records(path):
-        tid = field(path, no, rec, "_id")
+        tid = id_field(path, no, rec, "_id")
         table.add(no, tid)
         title = field(path, no, rec, "title", required=False)
         text = field(path, no, rec, "text")
@@ -45,7 +46,7 @@ def read_corpus(path: Path):
 def read_queries(path: Path):
     ids, texts, table = [], [], IdTable(path, "query")
     for no, rec in json_records(path):
-        qid = field(path, no, rec, "_id")
+        qid = id_field(path, no, rec, "_id")
         table.add(no, qid)
         ids.append(qid), texts.append(field(path, no, rec, "text", nonempty=True))
     return ids, texts

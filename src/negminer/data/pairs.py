@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 from negminer.data.dataset import Dataset
-from negminer.data.readers import json_records
+from negminer.data.readers import json_records, text_value
 from negminer.errors import DataError
 
 QUERY_KEYS = ("query", "anchor", "question")
@@ -37,14 +37,17 @@ def _texts(path, no, rec, keys, required):
             raise DataError(path, f"missing (expected one of {', '.join(keys)})", line=no, field=keys[0])
         return []
     v = rec[key]
-    vals = [v] if isinstance(v, str) else v
-    if not isinstance(vals, list) or not all(isinstance(x, str) for x in vals):
-        raise DataError(path, "expected a string or a list of strings", line=no, field=key)
+    if isinstance(v, str):
+        vals, names = [v], [key]
+    elif isinstance(v, list):
+        vals, names = v, [f"{key}[{i}]" for i in range(len(v))]
+    else:
+        raise DataError(path, f"expected a string or a list of strings, got {type(v).__name__}", line=no, field=key)
     if required and not vals:
         raise DataError(path, "empty list", line=no, field=key)
-    for x in vals:
-        if not x.strip():
-            raise DataError(path, "empty text", line=no, field=key)
+    for x, name in zip(vals, names):
+        if not text_value(path, no, x, name).strip():
+            raise DataError(path, "empty text", line=no, field=name)
     return vals
 
 

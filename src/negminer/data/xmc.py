@@ -19,7 +19,8 @@ evaluation removes from predictions and ground truth: they go to ``Dataset.filte
 Splits are ``train`` (trn) and ``test`` (tst); every row of a split is in ``qrels[split]`` (``{}`` when it has
 no label: the repository's metrics count every test point). Query ids are the uid when the format gives one,
 else ``trn<i>`` / ``tst<i>``; label ids the uid, else the label's row number; a repeated uid gets
-``~<row id>`` appended. Grade 1, or the value given rounded to an int >= 1 when > 0 (0 otherwise).
+``~<row id>`` appended. Grade 1, or the value given rounded to an int >= 1 when > 0 (0 otherwise);
+a negative or non-finite label value is an error. Uids are strings or integers; titles, content strings.
 A query's text is ``title content``; a label has title ``title`` and text ``content`` (text ``title`` when it
 has no content, ``label <i>`` when empty). The towers read text, so a bag-of-words row becomes text: the
 ``Xf.txt`` names of its nonzero features by decreasing value (equal values by feature index), or tokens
@@ -29,14 +30,17 @@ not UTF-8 are read as Latin-1, line by line (the repository's tools write Latin-
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
+import zipfile
+import zlib
 from itertools import zip_longest
 from pathlib import Path
 
+import numpy as np
+
 from negminer.data.dataset import Dataset
-from negminer.data.readers import field, json_records, lines
+from negminer.data.readers import field, id_field, json_records, lines, raw_lines
 from negminer.errors import DataError
 
 SPLITS = (("trn", "train"), ("tst", "test"))
@@ -55,18 +59,15 @@ def _find(root: Path, *names: str) -> Path | None:
 
 def _all_lines(path: Path, latin1: bool = False):
     """(line number, text) for every line, blank ones included (a blank line is an empty row)."""
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-        for no, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                if not latin1:
-                    raise DataError(path, f"not valid UTF-8 (byte {e.start})", line=no) from None
-                text = raw.decode("latin-1")
-            text = text.rstrip("\r\n")
-            yield no, text.lstrip("\ufeff") if no == 1 else text
+    for no, raw in raw_lines(path):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if not latin1:
+                raise DataError(path, f"not valid UTF-8 (byte {e.start})", line=no) from None
+            text = raw.decode("latin-1")
+        text = text.rstrip("\r\n")
+        yield no, text.lstrip("\ufeff") if no == 1 else text
 
 
 def _counted(path: Path, rows, n: int, against: str):
@@ -104,6 +105,8 @@ def _pairs(path: Path, no: int, tokens, size: int, what: str) -> list[tuple[int,
             v = math.nan
         if not math.isfinite(v):
             raise DataError(path, f"not a number: {val!r} in {tok!r}", line=no, field=what)
+        if v < 0 and what == "label":
+            raise DataError(path, f"negative value in {tok!r} (label values must be >= 0)", line=no, field=what)
         out.append((_index(path, no, int(idx), size, what), v))
     return out
 
@@ -132,9 +135,22 @@ def _sparse_npz(path: Path):
     except ImportError:
         raise DataError(path, "reading .npz label matrices needs scipy (pip install scipy)") from None
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # np.load would try it as a pickle
+                raise ValueError("an .npz file is a zip archive, this is not one")
         m = sp.load_npz(path).tocsr()
+        data = np.asarray(m.data, dtype=np.float64)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        why = f"{'zlib.error' if isinstance(e, zlib.error) else type(e).__name__}: {e}"
+        raise DataError(path, f"compressed file is truncated or corrupt ({why})") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise DataError(path, f"not a scipy sparse matrix ({e})") from None
+        raise DataError(path, f"not a scipy sparse matrix ({type(e).__name__}: {e})") from None
+    bad = np.flatnonzero(~np.isfinite(data) | (data < 0))
+    if len(bad):  # the first in row order
+        k = int(bad[0])
+        r, c = int(np.searchsorted(m.indptr, k, side="right")) - 1, int(m.indices[k])
+        raise DataError(path, f"value {data[k]} at row {r}, column {c} (0-based): label values must be finite "
+                              "and >= 0")
     yield m.shape
     for i in range(m.shape[0]):
         a, z = m.indptr[i], m.indptr[i + 1]
@@ -218,7 +234,7 @@ def _read_json(root: Path, b: _Build) -> None:
         raise DataError(root / "lbl.json.gz", "file not found (label-feature layout: trn.json.gz, tst.json.gz, "
                                               "lbl.json.gz)")
     for no, rec in json_records(lbl):
-        b.label(field(lbl, no, rec, "uid", required=False), field(lbl, no, rec, "title"),
+        b.label(id_field(lbl, no, rec, "uid", required=False), field(lbl, no, rec, "title"),
                 field(lbl, no, rec, "content", required=False))
     files = [(split, _find(root, f"{short}.json")) for short, split in SPLITS]
     if not any(p for _, p in files):
@@ -234,9 +250,12 @@ def _read_json(root: Path, b: _Build) -> None:
             elif not (isinstance(rel, list) and len(rel) == len(ind) and all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rel)):
                 raise DataError(path, f"expected {len(ind)} numbers, one per target_ind", line=no, field="target_rel")
+            elif any(v < 0 for v in rel):
+                raise DataError(path, f"negative value {min(rel)} (label values must be >= 0)", line=no,
+                                field="target_rel")
             pairs = [(_index(path, no, i, len(b.tids), "label", "target_ind"), v) for i, v in zip(ind, rel)]
             title, content = field(path, no, rec, "title"), field(path, no, rec, "content", required=False)
-            b.query(split, field(path, no, rec, "uid", required=False), f"{title} {content}".strip(),
+            b.query(split, id_field(path, no, rec, "uid", required=False), f"{title} {content}".strip(),
                     b.judged(pairs))
 
 
