@@ -13,19 +13,59 @@ from negminer.config import LIMITS, TrainConfig, describe_limit, read_config_fil
 from negminer.errors import ConfigError, NegminerError
 
 
+GROUPS = {  # option groups of --help: the parts' own options come from the rule table
+    "data and run folder": ("data", "out", "train_split", "seed", "device", "quiet", "dedupe_text"),
+    "encoder (the towers)": ("encoder", "shared", "pooling", "normalize", "temperature", "learn_temperature",
+                             "query_max_length", "target_max_length", "bf16"),
+    "negatives (sampler)": ("negatives",), "loss": ("loss",), "batching": ("batching",),
+    "memory strategy": ("memory",), "refreshers": ("refresh",), "target store": rules.STORE_OPTS,
+    "optimisation": ("steps", "epochs", "time_budget", "batch_size", "lr", "weight_decay", "warmup", "schedule",
+                     "max_grad_norm"),
+    "evaluation and model selection": ("eval_split", "eval_every", "eval_every_seconds", "dev_split", "dev_size",
+                                       "select_metric", "patience", "zero_shot", "eval_batch_size", "diagnose_every"),
+    "checkpoints, logs and safety": ("save_every", "save_every_seconds", "log_every", "on_nan", "divergence_factor",
+                                     "max_skipped", "dist_timeout"),
+}
+KIND_GROUP = {"sampler": "negatives (sampler)", "loss": "loss", "batcher": "batching", "memory": "memory strategy",
+              "refresher": "refreshers"}
+
+
+def _group_of() -> dict:
+    out = {}
+    for (kind, _), part in rules.PARTS.items():
+        for o in part.options:
+            out.setdefault(o, KIND_GROUP[kind])
+    for g, names in GROUPS.items():
+        out.update(dict.fromkeys(names, g))
+    return out
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or TOML file of options; flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
-    p.add_argument("--max-length", type=int, help="max tokens for both towers")
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
+    other = p.add_argument_group("other")
+    where = _group_of()
+    run = groups["data and run folder"]
+    run.add_argument("--config", help="YAML or TOML file of options; flags override it")
+    run.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint (or checkpoint.prev "
+                     "when the newest is unreadable)")
+    groups["encoder (the towers)"].add_argument("--max-length", type=int, help="max tokens for both towers")
+    choices = {"negatives": "sampler", "loss": "loss"}
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        lim = describe_limit(f.name) if f.name in LIMITS and "choices" not in LIMITS[f.name] else ""
-        help_ = f.metadata.get("help", "") + (f"; {lim}" if lim else "") + f" (default: {default})"
+        lim = describe_limit(f.name) if f.name in LIMITS else ""
+        if f.name in choices:
+            lim = "one of " + " | ".join(rules.NAMES[choices[f.name]])
+        text = f.metadata.get("help", "")
+        if lim.startswith("one of") and " | " in text:
+            lim = ""  # the help names the choices
+        help_ = "; ".join(x for x in (text, lim) if x) + (
+            f" (default: {default})" if default is not None and "default" not in text else "")
+        g = groups.get(where.get(f.name), other)
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            p.add_argument(flag, type=f.metadata.get("type", type(default)), default=None, help=help_,
+            g.add_argument(flag, type=f.metadata.get("type", type(default)), default=None, help=help_,
                            metavar=f.name.upper() if f.name not in ("data", "out") else "PATH")
 
 
@@ -44,6 +84,9 @@ def train_config(args) -> TrainConfig:
     if args.config:
         base.update(read_config_file(args.config))
     cfg = resolve(flags, base)
+    if flags["steps"] is not None and flags["epochs"] is not None:
+        raise ConfigError("--steps and --epochs: give one (--steps N counts optimiser steps, --epochs E passes "
+                          "over the training queries)")
     pipeline = rules.check(cfg)
     if not cfg.quiet and not getattr(args, "dry_run", False):
         for note in pipeline.notes:
@@ -65,7 +108,8 @@ def cmd_train(args, hooks=None) -> int:
 
     d = dist.init_from_env(cfg.dist_timeout, cfg.device)  # under torchrun: join the other ranks
     try:
-        metrics = Trainer(cfg, hooks=default_hooks(cfg) + list(hooks or [])).run(resume=args.resume)
+        with dist.guard(cfg.out):  # a lost or silent rank: one line (dist.RankFailed), not the backend's traceback
+            metrics = Trainer(cfg, hooks=default_hooks(cfg) + list(hooks or [])).run(resume=args.resume)
     finally:
         dist.shutdown()
     if d.main:
@@ -108,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="negminer", description="Dual-encoder training with fresh hard negatives.")
     p.add_argument("--version", action="version", version=f"negminer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a dual encoder", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser("train", help="train a dual encoder")
     _add_train_args(t)
     t.add_argument("--dry-run", action="store_true", help="print the resolved pipeline (batcher, memory, sampler, "
                    "refreshers, loss, corrections) and exit without training or writing a run")
@@ -135,19 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--format", default="flag", choices=["flag", "st"])
     mi.add_argument("--quiet", action="store_true")
     mi.set_defaults(func=cmd_mine)
-    dg = sub.add_parser("diagnose", help="compare a sampler's negatives with the exact softmax",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    dg = sub.add_parser("diagnose", help="compare a sampler's negatives with the exact softmax")
     _add_train_args(dg)
     dg.add_argument("--model", default=None, help="model directory (default: --encoder)")
-    dg.add_argument("--batches", type=int, default=4, help="batches of queries to average over")
+    dg.add_argument("--batches", type=int, default=4, help="batches of queries to average over (default: 4)")
     dg.set_defaults(func=cmd_diagnose)
     au = sub.add_parser("audit", help="is the loss an unbiased estimate of the full softmax for this configuration? "
-                        "(the pipeline built as train builds it, against brute force; one JSON object)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        "(the pipeline built as train builds it, against brute force; one JSON object)")
     _add_train_args(au)
-    au.add_argument("--draws", type=int, default=50, help="repetitions of a step's randomness around the anchors")
-    au.add_argument("--anchors", type=int, default=8, help="training queries whose estimates are checked")
-    au.add_argument("--at-step", type=int, default=0, help="train this many steps first (a stale store)")
+    au.add_argument("--draws", type=int, default=50, help="repetitions of a step's randomness around the anchors (default: 50)")
+    au.add_argument("--anchors", type=int, default=8, help="training queries whose estimates are checked (default: 8)")
+    au.add_argument("--at-step", type=int, default=0, help="train this many steps first (a stale store; default: 0)")
     au.set_defaults(func=cmd_audit)
     cp = sub.add_parser("compare", help="paired test of runs on the same queries (per-query metrics)")
     cp.add_argument("runs", nargs="+", help="RUN_DIR (or per_query.jsonl); seeds of one setup joined by commas; "
@@ -188,12 +230,21 @@ def cmd_compare(args) -> int:
 
 def main(argv: list[str] | None = None, hooks=None) -> int:
     """The command line; ``hooks``: extra training hooks (objects with ``on_step`` and the other events of
-    negminer/hooks.py), for programs that drive the CLI (fault injection in tests, custom logging)."""
+    negminer/hooks.py), for programs that drive the CLI (fault injection in tests, custom logging).
+    Under torchrun, a rank whose collective failed (dist.RankFailed) prints its line and ends the process
+    (``os._exit``) instead of returning."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, hooks=hooks) if args.func is cmd_train else args.func(args)
     except NegminerError as e:
-        print(f"negminer: error: {e}", file=sys.stderr)
+        print(f"negminer: error: {e}", file=sys.stderr, flush=True)
+        d = sys.modules.get("negminer.dist")  # loaded by every run that could have a process group
+        lost = d is not None and isinstance(e, d.RankFailed)
+        if d is not None and os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's failure report shows it too
+            d.record_error(f"negminer: error: {e}", consequence=lost and not e.timeout)
+        if lost:  # a torchrun worker whose process group broke: exit now, since tearing the group down at
+            sys.stdout.flush()  # exit may wait on the lost peer
+            os._exit(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print("negminer: interrupted", file=sys.stderr)

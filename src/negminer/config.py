@@ -118,21 +118,41 @@ class TrainConfig:
                           "the last step) | constant (for --time-budget runs)"})
     epochs: float = field(default=1.0, metadata={"help": "epochs over the training queries when --steps is 0"})
     batch_size: int = 32
-    lr: float = 2e-5
+    lr: float = field(default=None, metadata={"type": float, "help": "learning rate (default: 2e-5 for transformer "
+                      "towers, 0.01 for --encoder static)"})
     weight_decay: float = 0.01
     warmup: float = field(default=0.1, metadata={"help": "warm-up: a fraction of the steps if < 1, else steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0: off)"})
-    dist_timeout: float = field(default=1800.0, metadata={"help": "torchrun: seconds a collective may wait for "
+    dist_timeout: float = field(default=300.0, metadata={"help": "torchrun: seconds a collective may wait for "
                                 "the other ranks before the run stops with an error (a rank died)"})
-    on_nan: str = field(default="stop", metadata={"help": "a non-finite loss or gradient: stop (exit 3, last checkpoint kept) | skip the step"})
+    on_nan: str = field(default="stop", metadata={"help": "a non-finite or exploding loss or gradient (see "
+                        "--divergence-factor): stop (exit 3, last checkpoint kept) | skip the step"})
+    divergence_factor: float = field(default=100.0, metadata={"help": "stop (or skip, per --on-nan) a step whose "
+                                     "gradient norm, or loss (also 10 above), is this many times its running median "
+                                     "(last 50 steps, from step 10 on); stop when a step scales the weights' norm by "
+                                     "more than this factor (0: non-finite values only)"})
+    max_skipped: float = field(default=0.1, metadata={"help": "--on-nan skip: stop (exit 3) once more than this "
+                               "fraction of the steps so far were skipped (from 5 skipped steps on)"})
     seed: int = 42
     query_max_length: int = field(default=32, metadata={"help": "query tower max tokens"})
     target_max_length: int = field(default=128, metadata={"help": "target tower max tokens"})
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str = field(default="test", metadata={"help": "split of the zero-shot and final metrics (none: "
+                            "no evaluation)"})
+    dev_split: str = field(default="auto", metadata={"help": "split evaluated during training (--eval-every, "
+                           "--eval-every-seconds) to select the model; auto: the data's dev / validation split, else "
+                           "a held-out slice of the training queries (--dev-size), not trained on"})
+    dev_size: float = field(default=0.1, metadata={"help": "held-out dev slice: a fraction of the training queries "
+                            "(at most 1,000) if < 1, else a count"})
+    select_metric: str = field(default="auto", metadata={"help": "dev metric that picks model/ (auto: ndcg@10; "
+                               "xmc_p@1 for multi-label data)"})
+    patience: int = field(default=0, metadata={"help": "stop after this many dev evaluations without improvement "
+                          "(0: never)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})
     eval_every_seconds: float = field(default=0.0, metadata={"help": "evaluate every S seconds of training (0: off)"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    save_every: int = field(default=0, metadata={"help": "also checkpoint every N steps (0: by time only)"})
+    save_every_seconds: float = field(default=600.0, metadata={"help": "checkpoint every S seconds of wall time "
+                                      "(0: off); SIGINT / SIGTERM also checkpoint before exiting"})
     log_every: int = 1
     eval_batch_size: int = 128
     zero_shot: bool = field(default=True, metadata={"help": "evaluate the initial model first"})
@@ -180,7 +200,9 @@ LIMITS: dict[str, dict] = {
     "write_back": {"choices": ("eval", "train", "none")}, "diagnose_every": {"ge": 0},
     "steps": {"ge": 0}, "time_budget": {"ge": 0}, "schedule": {"choices": ("linear", "constant")}, "epochs": {"gt": 0},
     "batch_size": {"ge": 2}, "lr": {"gt": 0}, "weight_decay": {"ge": 0}, "warmup": {"ge": 0}, "max_grad_norm": {"ge": 0},
-    "dist_timeout": {"gt": 0}, "on_nan": {"choices": ("stop", "skip")}, "seed": {"ge": 0, "le": 2**63 - 1},
+    "dist_timeout": {"gt": 0}, "on_nan": {"choices": ("stop", "skip")},
+    "divergence_factor": {"ge": 0}, "max_skipped": {"ge": 0, "le": 1}, "dev_size": {"gt": 0}, "patience": {"ge": 0},
+    "save_every_seconds": {"ge": 0}, "seed": {"ge": 0, "le": 2**63 - 1},
     "query_max_length": {"ge": 1}, "target_max_length": {"ge": 1}, "eval_every": {"ge": 0},
     "eval_every_seconds": {"ge": 0}, "save_every": {"ge": 0}, "log_every": {"ge": 1}, "eval_batch_size": {"ge": 1},
     "device": {"choices": ("auto", "cpu", "cuda"), "prefix": "cuda:"},
@@ -258,8 +280,11 @@ def read_config_file(path: str | os.PathLike) -> dict:
             raise ConfigError(f"{p}: config must be .yaml, .yml, .toml or .json")
     except ConfigError:
         raise
-    except Exception as e:  # parse errors of either format
-        raise ConfigError(f"{p}: cannot parse config: {e}") from None
+    except Exception as e:  # parse errors of either format, on one line
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        why = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{where}: cannot parse config: {why}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: config must be a mapping of option: value")
     return {_key(p, k): v for k, v in raw.items()}
@@ -295,9 +320,17 @@ def resolve(overrides: dict, base: dict | None = None) -> TrainConfig:
         except (TypeError, ValueError):
             raise ConfigError(f"option {k}: expected {typ.__name__}, got {v!r}") from None
         out[k] = v
+    if out.get("lr") is None:
+        out["lr"] = default_lr(out.get("encoder", TrainConfig.encoder))
     cfg = TrainConfig(**out)
     check_options(cfg)
     return cfg
+
+
+def default_lr(encoder: str) -> float:
+    """Per tower: a static tower trained from scratch needs a far larger step than a pretrained transformer."""
+    enc = str(encoder)
+    return 0.01 if enc == "static" or enc.startswith("static:") else 2e-5
 
 
 def save_config(cfg: TrainConfig, run_dir: Path) -> None:
