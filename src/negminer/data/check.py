@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from negminer.data.dataset import Dataset
+from negminer.data.splits import requirements
 
 SAMPLE = 200_000  # text-length statistics over at most this many rows (evenly spaced)
 
@@ -33,7 +34,9 @@ def dataset_stats(ds: Dataset) -> dict:
                                                  "max": int(counts.max())}}
     return {"name": ds.name, "source": ds.source, "targets": ds.num_targets, "queries": len(ds.query_ids),
             "splits": splits, "target_length": _lengths(ds.target_inputs()), "query_length": _lengths(ds.query_texts),
-            "given_negatives": sum(len(v) for v in ds.hard_negatives.values())}
+            "given_negatives": sum(len(v) for v in ds.hard_negatives.values()),
+            "train_needs": [{"for": what, "split": split, "problem": problem}
+                            for what, split, problem in requirements(ds, selects=True)]}  # dev: with --eval-every
 
 
 def format_stats(s: dict) -> str:
@@ -50,4 +53,7 @@ def format_stats(s: dict) -> str:
                 lines.append(f"{who + ' ' + unit:<16}{v['mean']:>8}{v['median']:>8.0f}{v['p95']:>8.0f}{v['max']:>8}")
     if s["given_negatives"]:
         lines.append(f"\nnegatives given by the data: {s['given_negatives']:,}")
+    lines += ["", "negminer train (default splits) needs:"]
+    for n in s["train_needs"]:
+        lines.append(f"  {n['for'] + ':':<32}{n['split']}: {'ok' if n['problem'] is None else n['problem']}")
     return "\n".join(lines)

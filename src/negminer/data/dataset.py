@@ -56,7 +56,9 @@ class Dataset:
     def positives(self, split: str) -> dict[str, dict[int, int]]:
         """query id -> {target row: grade > 0}, for queries of ``split`` with at least one positive."""
         if split not in self.qrels:
-            raise KeyError(f"dataset {self.name!r} has no split {split!r} (has {', '.join(self.qrels) or 'none'})")
+            from negminer.errors import MissingSplit
+
+            raise MissingSplit(f"dataset {self.name!r} has no split {split!r} (has {', '.join(self.qrels) or 'none'})")
         out: dict[str, dict[int, int]] = {}
         for qid, judged in self.qrels[split].items():
             pos = {self.target_index[t]: g for t, g in judged.items() if g > 0}
