@@ -109,4 +109,37 @@ def build_encoder(spec: str = "minilm", *, shared: bool = True, pooling: str = "
     return model.to(device)
 
 
-__all__ = ["DualEncoder", "HFTower", "StaticTower", "build_encoder", "default_model_path"]
+def load_saved(path) -> DualEncoder | None:
+    """A model folder written by negminer: ``RUN/model``, ``RUN/model-last``, a checkpoint (``RUN/checkpoint``:
+    the towers rebuilt from ``RUN/config.json``, the weights from ``model.safetensors``) or a run folder
+    (``RUN``: its ``model``); None for anything else."""
+    from negminer.errors import CheckpointError
+
+    p = Path(path)
+    if (p / "negminer.json").is_file():
+        return DualEncoder.load(p)
+    if (p / "model" / "negminer.json").is_file() and (p / "config.json").is_file():
+        return DualEncoder.load(p / "model")
+    if not ((p / "trainer.json").is_file() and (p / "model.safetensors").is_file()):
+        return None
+    cfg_path = p.parent / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(cfg_path, f"the run's options are needed to rebuild the towers of {p} ({e})") from None
+    model = build_encoder(cfg["encoder"], shared=cfg["shared"], pooling=cfg["pooling"], normalize=cfg["normalize"],
+                          temperature=cfg["temperature"], learn_temperature=cfg["learn_temperature"],
+                          query_max_length=cfg["query_max_length"], target_max_length=cfg["target_max_length"])
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(p / "model.safetensors"), strict=False)
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors
+        raise CheckpointError(p / "model.safetensors", f"unreadable ({e})") from None
+    if missing or unexpected:
+        raise CheckpointError(p / "model.safetensors", f"does not match {cfg['encoder']!r} (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    return model
+
+
+__all__ = ["DualEncoder", "HFTower", "StaticTower", "build_encoder", "default_model_path", "load_saved"]

@@ -154,20 +154,19 @@ def eval_command(model_dir, data, split="test", out=None, backend="exact", batch
                  propensity: str | None = None) -> int:
     """``negminer eval``: load a saved model (or a model spec) and a dataset, print the metrics table.
 
-    A folder with ``negminer.json`` loads with ``DualEncoder.load``; anything else goes through
-    ``build_encoder`` (a sentence-transformers folder, a Hugging Face name). ``propensity``: "A,B" for
+    A folder written by negminer (``RUN/model``, ``RUN/model-last``, ``RUN/checkpoint``, ``RUN``) loads with
+    ``encoders.load_saved``; anything else goes through ``build_encoder`` (a sentence-transformers folder, a Hugging Face name). ``propensity``: "A,B" for
     the PSP@k inverse propensities of multi-label data (default: by dataset name). Returns the exit code.
     """
     from negminer.data.load import load_dataset
-    from negminer.encoders import DualEncoder, build_encoder
+    from negminer.encoders import build_encoder, load_saved
 
     t = time.perf_counter()
     ab = parse_propensity(propensity) if propensity is not None else None
     ds = load_dataset(data)
     if split not in ds.qrels:
         raise ConfigError(f"dataset {ds.name!r} has no split {split!r} (has {', '.join(ds.qrels) or 'none'})")
-    is_saved = (Path(model_dir) / "negminer.json").is_file()
-    model = DualEncoder.load(model_dir) if is_saved else build_encoder(str(model_dir))
+    model = load_saved(model_dir) or build_encoder(str(model_dir))  # model/, a checkpoint, a run, or a spec
     m = evaluate(model, ds, split=split, batch_size=batch_size, backend=backend, progress=not quiet, out_dir=out,
                  propensity=ab)
     print(format_metrics(m))

@@ -67,7 +67,7 @@ def train_step(tr, step: int) -> StepResult | None:
         with tr.phases("loss_backward"):
             loss = tr.loss_fn(**kw)
             if not torch.isfinite(loss):
-                tr.diverged("the loss", loss.detach(), step)
+                tr.diverged(f"the loss is {float(loss.detach())}", step)
                 return None
             if j == 0:
                 tr.optimizer.zero_grad(set_to_none=True)
@@ -80,7 +80,7 @@ def train_step(tr, step: int) -> StepResult | None:
                             exclude=[tr.exclude(int(i)) for i in mi], positives=[tr.pos_sets[int(i)] for i in mi])
         total += float(loss.detach()) / len(micro)
         parts.append((batch, draw, p_emb.detach(), piece))
-    if not tr.optimizer_step(step):
+    if not tr.optimizer_step(step, total):
         return None
     result = _merge(tr, step, idx, pos_rows, parts, total)
     tr.update_store(step, result)

@@ -7,7 +7,9 @@ hyper-parameters, every RNG state, each part's JSON state under ``parts``), ``pa
 ``refresher.corrector/...``, ``memory/bank.q``), ``store.npy`` + ``store_age.npy`` (the target store,
 written chunk by chunk or copied in the kernel, never cloned in RAM). A checkpoint is written to a
 temporary folder, fsync'ed and renamed into place (``fileio.atomic_dir``), so a kill at any
-moment leaves either the old or the new checkpoint, whole.
+moment leaves either the old or the new checkpoint, whole. The previous checkpoint stays as
+``checkpoint.prev``: when the newest cannot be read (a disk fault, a truncated copy), ``--resume``
+says which file is broken and falls back to it (``usable_checkpoints``, ``verify``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, parts:
     from negminer.fileio import atomic_dir
 
     final = Path(run_dir) / "checkpoint"
-    with atomic_dir(final, keep_old="checkpoint.old") as tmp:
+    with atomic_dir(final, keep_old=PREV, remove_old=False) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         opt_t, opt_meta = _optimizer_tensors(optimizer)
         save_file(opt_t, str(tmp / "optimizer.safetensors"))
@@ -104,13 +106,50 @@ def save_checkpoint(run_dir: Path, model, optimizer, trainer_state: dict, parts:
     return final
 
 
+PREV = "checkpoint.prev"
+FILES = ("trainer.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
 def find_checkpoint(run_dir: Path) -> Path | None:
-    """The newest whole checkpoint (a kill between the two renames leaves checkpoint.old)."""
-    for name in ("checkpoint", "checkpoint.old"):
-        p = Path(run_dir) / name
-        if (p / "trainer.json").is_file():
-            return p
-    return None
+    """The newest checkpoint folder (a kill between the two renames of a save leaves only checkpoint.prev)."""
+    found = usable_checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def usable_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders, newest first (``checkpoint.old``: the name before ``checkpoint.prev``)."""
+    return [p for p in (Path(run_dir) / n for n in ("checkpoint", PREV, "checkpoint.old")) if p.is_dir()]
+
+
+def verify(path: Path) -> dict:
+    """Read every file of a checkpoint without touching the model; raise CheckpointError naming the first
+    broken one; return the trainer state."""
+    from safetensors import safe_open
+
+    from negminer.errors import CheckpointError
+
+    path = Path(path)
+    for name in FILES:
+        if not (path / name).is_file():
+            raise CheckpointError(path / name, "missing")
+    try:
+        state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not all(k in state for k in ("step", "optimizer", "rng", "counters")):
+            raise ValueError("not a negminer trainer state")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(path / "trainer.json", f"unreadable ({e})") from None
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as h:
+                h.keys()
+        except Exception as e:  # safetensors' own error type
+            raise CheckpointError(f, f"unreadable ({e})") from None
+    for f in sorted(path.glob("*.npy")):
+        try:
+            np.load(f, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise CheckpointError(f, f"unreadable ({e})") from None
+    return state
 
 
 def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict]:
@@ -118,7 +157,7 @@ def load_checkpoint(path: Path, model, optimizer) -> tuple[dict, dict]:
     path = Path(path)
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if unexpected or missing:
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RuntimeError(f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     state = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
     optimizer.load_state_dict(_optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"]))
     set_rng_state(load_file(str(path / "rng.safetensors")), state["rng"])

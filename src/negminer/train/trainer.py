@@ -20,9 +20,10 @@ import torch
 
 from negminer import rules
 from negminer.batching import build_batcher
-from negminer.config import TrainConfig, save_config
-from negminer.errors import ConfigError, TrainingDiverged
-from negminer.fileio import atomic_write_json, atomic_write_text, read_jsonl, remove_stale_temps
+from negminer.config import TrainConfig, default_lr, save_config
+from negminer.data.splits import HELD_OUT, check_splits, dev_split, evaluates_during, hold_out
+from negminer.errors import ConfigError, Interrupted, TrainingDiverged
+from negminer.fileio import check_output, remove_stale_temps
 from negminer.losses import build_loss
 from negminer.memory import batch_norm_layers, build_memory
 from negminer.pipeline.encoding import Encoding
@@ -32,14 +33,18 @@ from negminer.refreshers import Fresh, build_refreshers
 from negminer.samplers import build_sampler
 from negminer.store import TargetStore
 from negminer.store.build import build_store
-from negminer.train.checkpoint import find_checkpoint, load_checkpoint, load_parts, save_checkpoint
 from negminer.train.duplicates import duplicate_groups
 from negminer.train.helpers import (Counters, adamw, has_dropout, linear_schedule, peak_rss_mb,  # noqa: F401
                                     pick_device, tower_norm_ratio)
+from negminer.train.guard import DivergenceGuard, Signals
 from negminer.train.phases import PhaseTimer
+from negminer.train.selection import Selection, select_metric
+from negminer.train import rundir
+from negminer.train.rundir import _jsonl
+from negminer.train.finish import format_comparison  # noqa: F401 (the CLI's import)
+from negminer.train.writes import writing
 from negminer.types import Batch, Exclusions
 
-from negminer.eval.metrics import METRIC_KEYS  # noqa: E402
 
 
 class Trainer:
@@ -57,13 +62,31 @@ class Trainer:
         from negminer import dist
 
         self.pipeline = rules.check(cfg)  # the Python API validates exactly as the CLI does
+        if cfg.lr is None:
+            cfg = replace(cfg, lr=default_lr(cfg.encoder))
         self.cfg = cfg
+        check_output(cfg.out, "--out")  # before any work: where the run goes, then the splits it needs
+        if cfg.store_path:
+            check_output(cfg.store_path, "--store-path", folder=False)
+            if not Path(cfg.store_path).expanduser().parent.is_dir():
+                raise ConfigError(f"--store-path {cfg.store_path}: folder {Path(cfg.store_path).parent} does not "
+                                  "exist; create it first")
         self.run_dir = Path(cfg.out)
         self.dist = dist.current()
         self.device = pick_device(cfg.device)
         if self.dist.on and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
+        for w in check_splits(self.dataset, cfg):  # warnings print under --quiet too
+            print(f"negminer: warning: {w}", file=sys.stderr)
+        self.dev_split, self.selection = None, None
+        if evaluates_during(cfg):  # model selection on dev, never on test unless asked
+            self.dev_split = dev_split(self.dataset, cfg.dev_split, cfg.train_split)
+            if self.dev_split == HELD_OUT:
+                self.dataset = hold_out(self.dataset, cfg.train_split, cfg.dev_size, cfg.seed)
+            self.selection = Selection(select_metric(cfg.select_metric, self.dataset.is_multilabel()), cfg.patience)
+        elif cfg.patience:
+            raise ConfigError("--patience counts dev evaluations: pass --eval-every or --eval-every-seconds too")
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_encoder(
             cfg.encoder, shared=cfg.shared, pooling=cfg.pooling, normalize=cfg.normalize,
@@ -128,6 +151,9 @@ class Trainer:
         self.seconds = 0.0
         self.phases = PhaseTimer(self.device)
         self.last_checkpoint_step = None
+        self.guard = DivergenceGuard(cfg.divergence_factor)
+        self._weight_norm = None
+        self.stopped_by = None
         self.encoding = Encoding(self.model, self.dist, self.counters, self.phases, self.autocast, self.query_texts,
                                  self.target_features, chunk=cfg.chunk_size or 32)
 
@@ -142,6 +168,10 @@ class Trainer:
             return
         pool = s.pool_size(self.store, self.dataset.num_targets)
         most_excluded = max(len(self.exclude(i)) for i in range(len(self.qids)))
+        if s.name == "mined" and not s.replacement and k > pool - 1:
+            src = f"--mined-file {self.cfg.mined_file}" if self.cfg.mined_file else "the data's negative lists"
+            raise ConfigError(f"--num-negatives {k} but {src} holds at most {pool - 1} negatives per query; pass "
+                              f"--num-negatives {pool - 1} (or mine more: negminer mine --top-k {k})")
         if not s.replacement and k > pool - 1:
             raise ConfigError(f"--num-negatives {k} but --negatives {s.name} draws from {pool} targets; "
                               f"use at most {pool - 1} (or --replacement)")
@@ -216,16 +246,23 @@ class Trainer:
             return self.store.features(rows, self.model)
         return self.model.tokenize_targets([self.target_inputs[int(r)] for r in rows])
 
-    def diverged(self, what: str, value, step: int) -> float:
-        if self.cfg.on_nan == "stop":
-            last = self.last_checkpoint_step
-            raise TrainingDiverged(f"{what} is {float(value)} at step {step}; nothing of this step was applied "
-                                   + (f"and the checkpoint of step {last} is intact" if last is not None
-                                      else "(no checkpoint yet)")
-                                   + "; lower --lr, drop --bf16, or pass --on-nan skip")
+    def diverged(self, why: str, step: int, applied: bool = False) -> float:
+        """Stop (TrainingDiverged, exit 3) or skip the step, per --on-nan; ``step`` is 0-based, messages count
+        from 1 as train_log.jsonl does. An update already applied (``applied``) always stops."""
+        last = self.last_checkpoint_step
+        kept = (f"the checkpoint of step {last} is the last healthy one" if last is not None
+                else "no checkpoint was written")
+        if self.cfg.on_nan == "stop" or applied:
+            done = "" if applied else "; nothing of this step was applied"
+            raise TrainingDiverged(f"{why} at step {step + 1}{done}; {kept}; lower --lr, drop --bf16"
+                                   + ("" if applied else ", or pass --on-nan skip"))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()  # the schedule stays a function of the step
         self.counters.skipped_steps += 1
+        n, limit = step + 1, self.cfg.max_skipped
+        if self.counters.skipped_steps >= 5 and self.counters.skipped_steps > limit * n:
+            raise TrainingDiverged(f"{self.counters.skipped_steps} of {n} steps skipped (last: {why} at step {n}), "
+                                   f"more than --max-skipped {limit}; {kept}; lower --lr or drop --bf16")
         return float("nan")
 
     def update_store(self, step: int, res: StepResult) -> None:
@@ -248,9 +285,9 @@ class Trainer:
                 if r.phase != "write_back":
                     r.after_step(f)
 
-    def optimizer_step(self, step: int) -> bool:
-        """Clip and apply the accumulated gradients; False when the norm is not finite (the step is skipped
-        or training stops, per --on-nan)."""
+    def optimizer_step(self, step: int, loss: float = 0.0) -> bool:
+        """Clip and apply the accumulated gradients; False when the loss or the norm diverges (the step is
+        skipped or training stops, per --on-nan: guard.py); stops when the update blows up the weights."""
         with self.phases("optimizer"):
             params = [x for x in self.model.parameters() if x.grad is not None]
             # sparse gradients add each bag call's rows (queries, positives, negatives) instead of filling and
@@ -265,12 +302,24 @@ class Trainer:
             self.grad_stats = tower_norm_ratio(self.model) if not self.model.shared else {}
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf)
             self.grad_stats["grad_norm"] = float(norm)  # before clipping
-            if not torch.isfinite(norm):
-                self.diverged("the gradient norm", norm, step)
+            why = self.guard.check_grad(float(norm)) or self.guard.check_loss(loss)
+            if why:
+                self.diverged(why, step)
                 return False
+            before = self._weight_norm if self._weight_norm is not None else self.weight_norm()
             self.optimizer.step()
             self.scheduler.step()
+            self._weight_norm = self.weight_norm()
+            why = self.guard.check_weights(before, self._weight_norm)
+            if why:
+                self.diverged(why, step, applied=True)
+            self.guard.accept(loss, float(norm))
         return True
+
+    def weight_norm(self) -> float:
+        with torch.no_grad():
+            ps = [p.detach() for p in self.model.parameters() if p.requires_grad]
+            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ps)).float())) if ps else 0.0
 
     def encode_training_queries(self, idx) -> torch.Tensor:
         """Eval-mode embeddings of training queries ``idx`` (the batcher's clustering), counted."""
@@ -304,71 +353,38 @@ class Trainer:
                 "refresh_encodes": refresh, "skipped_steps": self.counters.skipped_steps}
 
     # ---- evaluation -----------------------------------------------------------------------
-    def evaluate(self, out_dir=None) -> dict:
+    def evaluate(self, out_dir=None, split: str | None = None, model=None) -> dict:
         """Every rank encodes its share of the corpus and queries and ranks its share of the queries
-        (dist.Sharded); only rank 0 writes."""
+        (dist.Sharded); only rank 0 writes. Default: the evaluation split, the training model."""
         from negminer.eval.evaluate import evaluate
 
         d = self.dist
-        return evaluate(d.sharded(self.model), self.dataset, split=self.cfg.eval_split,
+        return evaluate(d.sharded(model or self.model), self.dataset, split=split or self.cfg.eval_split,
                         batch_size=self.cfg.eval_batch_size, progress=not self.cfg.quiet and d.main,
                         out_dir=out_dir if d.main else None)
 
+    def evaluate_dev(self) -> dict:
+        """A dev evaluation; the best model so far is written as RUN/model (rank 0)."""
+        m = self.evaluate(split=self.dev_split)
+        self.model.train()
+        if self.selection.update(m, self.step) and self.dist.main:
+            with writing("the best model"):
+                self.model.save(self.run_dir / "model")
+        self.dist.barrier()
+        return {"split": self.dev_split, **m}
+
     # ---- run directory --------------------------------------------------------------------
-    def _state(self) -> dict:
-        epoch, batch = self.batcher.position(self.step)
-        return {"step": self.step, "epoch": epoch, "batch_in_epoch": batch, "total_steps": self.total_steps,
-                "scheduler_last_epoch": self.scheduler.last_epoch, "seconds": self.seconds,
-                "phase_seconds": dict(self.phases.seconds),
-                "counters": vars(self.counters).copy(), "seed": self.cfg.seed, "world_size": self.dist.world,
-                "global_batch": self.global_batch,
-                "store_encodes": self.store.target_encodes if self.store is not None else 0}
+    def save(self) -> None:
+        rundir.save(self)
+
+    def resume(self) -> bool:
+        return rundir.resume(self)
 
     def parts(self) -> dict:
         """Every part with a state to checkpoint, by name (each saves and loads its own: checkpoint.py)."""
         out = {"sampler": self.sampler, "batcher": self.batcher, "memory": self.memory}
         out.update({f"refresher.{r.name}": r for r in self.refreshers})
         return out
-
-    def save(self) -> None:
-        self._event("on_save")
-        if self.dist.on and self.store is not None and not self.store.sharded:  # replicas must not drift (dist.py)
-            if not self.dist.same(self.store.checksum()):
-                raise TrainingDiverged(f"step {self.step}: the processes' target stores differ (a nondeterministic "
-                                       "kernel or a rank that skipped an update); nothing was saved")
-        if self.dist.main:  # the ranks' states are the same (dist.py): rank 0 writes them
-            save_checkpoint(self.run_dir, self.model, self.optimizer, self._state(), self.parts(), store=self.store)
-        elif self.store is not None and self.store.sharded:  # rank 0 collects the rows from every process
-            self.store.save(None)
-        self.dist.barrier()
-        self.last_checkpoint_step = self.step
-
-    def resume(self) -> bool:
-        ckpt = find_checkpoint(self.run_dir)
-        if ckpt is None:
-            return False
-        st, tensors = load_checkpoint(ckpt, self.model, self.optimizer)
-        if st.get("global_batch", self.global_batch) != self.global_batch:
-            raise ConfigError(f"{ckpt}: saved with a global batch of {st['global_batch']} ({st.get('world_size', 1)} "
-                              f"processes); this run has {self.global_batch} ({self.dist.world} x --batch-size "
-                              f"{self.cfg.batch_size}): resume with the same product of processes and --batch-size")
-        self.step, self.seconds = st["step"], st["seconds"]
-        self.phases.seconds.update(st.get("phase_seconds") or {})  # in place: the encoding service holds both
-        self.last_checkpoint_step = self.step
-        if self.store is not None:
-            if self.store.path is not None:  # reopen the memory map instead of overwriting it
-                self.store = self.make_store(resume=True)
-            self.store.load(ckpt, st.get("store_encodes", 0))
-        load_parts(self.parts(), tensors, st.get("parts", {}))
-        vars(self.counters).update(st["counters"])
-        self.scheduler.last_epoch = st["scheduler_last_epoch"]
-        for g, lr0, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            g["lr"] = lr0 * f(self.scheduler.last_epoch)
-        # drop log rows written after the checkpoint (the run was killed between checkpoints)
-        if self.dist.main:
-            rows = [r for r in read_jsonl(self.run_dir / "train_log.jsonl") if r.get("step", 0) <= self.step]
-            atomic_write_text(self.run_dir / "train_log.jsonl", "".join(_jsonl(r) for r in rows))
-        return True
 
     def _event(self, name: str, *args) -> None:
         for hook in self.hooks:
@@ -386,7 +402,8 @@ class Trainer:
         cfg, main = self.cfg, self.dist.main  # under torchrun only rank 0 writes the run folder and evaluates
         quiet = cfg.quiet or not main
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with writing("the run folder", intact="nothing was trained"):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
             for leftover in remove_stale_temps(self.run_dir):  # a save killed half-way
                 if not quiet:
                     print(f"removed {leftover.name}, left by an interrupted save", file=sys.stderr)
@@ -394,23 +411,12 @@ class Trainer:
         resumed = self.resume() if resume else False
         if resume and not resumed and not quiet:
             print(f"no checkpoint in {self.run_dir}: starting from scratch", file=sys.stderr)
-        if main and not resumed:
-            (self.run_dir / "train_log.jsonl").unlink(missing_ok=True)
         if main:
-            save_config(cfg, self.run_dir)
-        zs_path = self.run_dir / "zero_shot.json"
-        zero_shot = None
-        if cfg.zero_shot:
-            if zs_path.exists():
-                import json
-
-                zero_shot = json.loads(zs_path.read_text())
-            else:
-                zero_shot = self.evaluate()
-                if main:
-                    atomic_write_json(zs_path, zero_shot)
-                if not quiet:
-                    print("zero-shot: " + _fmt(zero_shot), file=sys.stderr)
+            with writing("the run folder", intact="nothing was trained"):
+                if not resumed:
+                    (self.run_dir / "train_log.jsonl").unlink(missing_ok=True)
+                save_config(cfg, self.run_dir)
+        zero_shot = rundir.zero_shot(self, quiet)
         before = self.phases.seconds["setup"]
         with self.phases("setup"):  # the store's first fill, indexes: training work, counted in the time
             self.setup_sampler()
@@ -421,77 +427,50 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, desc="train", unit="step",
                    dynamic_ncols=True)
         self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds if cfg.eval_every_seconds else 0
+        self._saved_at = time.monotonic()  # wall time, not the injected training clock
         t0 = self.clock() - self.seconds
-        while self.step < self.total_steps and not self.out_of_time():
-            self._event("on_step_start", self.step)
-            loss = self.train_step(self.step)
-            self.step += 1
-            self.seconds = self.dist.agree(self.clock() - t0)  # rank 0's clock decides budgets and evals
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            row = None
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
-                row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
-                       "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
-                       **({"world_size": self.dist.world} if self.dist.on else {}),
-                       "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
-                       **{k: round(v, 6) for k, v in self.last_stats().items()}}
-            for hook in self.hooks if main else ():
-                extra = hook.on_step(self, self.step) if hasattr(hook, "on_step") else None
-                if extra:
-                    row = dict(row or {"step": self.step}, **extra)
+        with Signals() as signals:
+            while self.step < self.total_steps and not self.out_of_time() and not self.stopped_by:
+                self._event("on_step_start", self.step)
+                loss = self.train_step(self.step)
+                self.step += 1
+                self.seconds = self.dist.agree(self.clock() - t0)  # rank 0's clock decides budgets and evals
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                row = None
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
+                    row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
+                           "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.seconds, 3), **self.work(),
+                           **({"world_size": self.dist.world} if self.dist.on else {}),
+                           "peak_rss_mb": peak_rss_mb(), "phases": self.phases.rounded(),
+                           **{k: round(v, 6) for k, v in self.last_stats().items()}}
+                for hook in self.hooks if main else ():
+                    extra = hook.on_step(self, self.step) if hasattr(hook, "on_step") else None
+                    if extra:
+                        row = dict(row or {"step": self.step}, **extra)
+                        self.model.train()
+                if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
+                    ev = self.evaluate_dev() if self.selection else self.evaluate()
+                    row = dict(row or {"step": self.step}, seconds=round(self.seconds, 3), eval=ev)
                     self.model.train()
-            if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
-                row = dict(row or {"step": self.step}, seconds=round(self.seconds, 3), eval=self.evaluate())
-                self.model.train()
-            t0 = self.clock() - self.seconds  # hook and evaluation time is not training time
-            if row:
-                self._log(row)
-            if (cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps
-                    and not self.out_of_time()):
-                self.save()
-        bar.close()
-        self.save()
-        if main:
-            self.model.save(self.run_dir / "model")
-        final = self.evaluate(out_dir=self.run_dir)
-        if not main:  # rank 0 writes the metrics
-            self.dist.barrier()
-            return {**final, "train": {"steps": self.step, **self.work(), "world_size": self.dist.world}}
-        metrics = dict(final)  # METRIC_KEYS, and the XMC metrics for multi-label data
-        if zero_shot is not None:
-            metrics["zero_shot"] = dict(zero_shot)
-        metrics["train"] = {"steps": self.step, **self.work(), "seconds": round(self.seconds, 2),
-                            "negatives": cfg.negatives, "loss": cfg.loss, "time_budget": cfg.time_budget or None,
-                            "stopped_by": "time_budget" if self.step < self.total_steps else "steps",
-                            "phases": self.phases.rounded(), "peak_rss_mb": peak_rss_mb(), "split": cfg.eval_split,
-                            "world_size": self.dist.world}
-        atomic_write_json(self.run_dir / "metrics.json", metrics)
-        self.dist.barrier()
-        return metrics
+                    if self.selection and self.selection.exhausted():
+                        self.stopped_by = "patience"
+                t0 = self.clock() - self.seconds  # hook and evaluation time is not training time
+                if row:
+                    with writing("the training log"):
+                        self._log(row)
+                got = int(self.dist.agree(float(signals.received)))  # every rank stops at the same step
+                if got:
+                    bar.close()
+                    self.save()
+                    raise Interrupted(f"stopped by signal {got} after step {self.step}; checkpoint saved in "
+                                      f"{self.run_dir / 'checkpoint'}: continue with --resume", got)
+                if self.step < self.total_steps and not self.out_of_time() and not self.stopped_by and (
+                        (cfg.save_every and self.step % cfg.save_every == 0)
+                        or (cfg.save_every_seconds and time.monotonic() - self._saved_at >= cfg.save_every_seconds)):
+                    self.save()
+            bar.close()
+            self.save()
+        from negminer.train.finish import finish
 
-
-def _jsonl(row: dict) -> str:
-    import json
-
-    return json.dumps(row) + "\n"
-
-
-def _fmt(m: dict) -> str:
-    return "  ".join(f"{k} {m[k]:.4f}" for k in METRIC_KEYS if k != "num_queries")
-
-
-def format_comparison(metrics: dict) -> str:
-    """Zero-shot vs trained, one line per metric."""
-    zs = metrics.get("zero_shot")
-    lines = [f"{'metric':<12}{'zero-shot':>11}{'trained':>10}{'change':>10}"]
-    for k in [*METRIC_KEYS[:-1], *(k for k in metrics if k.startswith("xmc_") and k != "xmc_queries")]:
-        if zs:
-            lines.append(f"{k:<12}{zs[k]:>11.4f}{metrics[k]:>10.4f}{metrics[k] - zs[k]:>+10.4f}")
-        else:
-            lines.append(f"{k:<12}{'-':>11}{metrics[k]:>10.4f}")
-    lines.append(f"queries: {metrics['num_queries']}   steps: {metrics['train']['steps']}   "
-                 f"query_encodes: {metrics['train']['query_encodes']}   "
-                 f"target_encodes: {metrics['train']['target_encodes']}   "
-                 f"train seconds: {metrics['train']['seconds']}   peak RSS MB: {metrics['train']['peak_rss_mb']}")
-    return "\n".join(lines)
+        return finish(self, zero_shot)

@@ -1,0 +1,92 @@
+"""What keeps a run from being lost: divergence checks beyond NaN, and signals turned into a checkpoint.
+
+Divergence (``--divergence-factor F``, 100 by default; ``--on-nan``): besides non-finite values, a step is
+diverging when its gradient norm exceeds F x the running median of the last 50 healthy steps, or its loss
+exceeds both F x and 10 + that median (from step 10 on: the first steps set the scale), or when applying it
+scales the weights' norm by more than F (or less than 1/F). A weight blow-up is seen after the update, so it
+always stops the run; the others are skipped with ``--on-nan skip``. With ``lr 1e6`` the first step multiplies
+the static tower's weights' norm by ~1e6; a healthy step changes it by far less than 1%.
+
+Signals: SIGINT and SIGTERM set a flag; the loop checks it after each step, writes a checkpoint and stops
+with exit code 128 + the signal (130, 143). A second signal while saving is ignored until the save ends.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import statistics
+import threading
+from collections import deque
+
+WINDOW, WARMUP = 50, 10
+
+
+class DivergenceGuard:
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.loss: deque = deque(maxlen=WINDOW)
+        self.grad: deque = deque(maxlen=WINDOW)
+
+    def _spike(self, history: deque, value: float, floor: float = 0.0) -> float | None:
+        if not self.factor or len(history) < WARMUP:
+            return None
+        med = statistics.median(history)
+        return med if value > self.factor * med and value > med + floor else None
+
+    def check_grad(self, norm: float) -> str | None:
+        """A reason to reject the step's gradient, or None."""
+        if not math.isfinite(norm):
+            return f"the gradient norm is {norm}"
+        med = self._spike(self.grad, norm)
+        return None if med is None else f"the gradient norm is {norm:.4g}, {norm / med:.0f}x its running median {med:.4g}"
+
+    def check_loss(self, loss: float) -> str | None:
+        med = self._spike(self.loss, loss, floor=10.0)
+        return None if med is None else f"the loss is {loss:.4g}, {loss / med:.0f}x its running median {med:.4g}"
+
+    def accept(self, loss: float, norm: float) -> None:
+        """A healthy step: its loss and gradient norm join the running scale."""
+        if math.isfinite(loss):
+            self.loss.append(loss)
+        if math.isfinite(norm) and norm > 0:
+            self.grad.append(norm)
+
+    def check_weights(self, before: float, after: float) -> str | None:
+        if not math.isfinite(after):
+            return f"the weights' norm is {after}"
+        if not self.factor or before <= 0:
+            return None
+        r = after / before
+        if r > self.factor or r < 1 / self.factor:
+            return f"one update scaled the weights' norm by {r:.3g} ({before:.4g} -> {after:.4g})"
+        return None
+
+    def state(self) -> dict:
+        return {"loss": list(self.loss), "grad": list(self.grad)}
+
+    def load(self, st: dict) -> None:
+        self.loss.extend(st.get("loss", []))
+        self.grad.extend(st.get("grad", []))
+
+
+class Signals:
+    """Context manager: SIGINT / SIGTERM set ``.received`` (the signal number) instead of raising."""
+
+    def __init__(self):
+        self.received = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        self.received = self.received or signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
