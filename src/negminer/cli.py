@@ -148,8 +148,15 @@ def cmd_diagnose(args) -> int:
     return diagnose_command(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (not the usage block): ``negminer: error: ...``, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"negminer: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="negminer", description="Dual-encoder training with fresh hard negatives.")
+    p = Parser(prog="negminer", description="Dual-encoder training with fresh hard negatives.")
     p.add_argument("--version", action="version", version=f"negminer {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a dual encoder")
