@@ -79,7 +79,8 @@ def train_args(p, data, out, budget, seed, extra, eval_every=0.0) -> list[str]:
             "--batch-size", str(p["batch_size"]), "--lr", str(p["lr"]), "--query-max-length", str(p["qlen"]),
             "--target-max-length", str(p["tlen"]), "--time-budget", str(budget), "--steps", "1000000",
             "--schedule", "constant", "--warmup", str(p["warmup"]), "--seed", str(seed), "--no-zero-shot",
-            "--log-every", "25", "--eval-every-seconds", str(eval_every), "--quiet", *extra]
+            "--log-every", "25", "--eval-every-seconds", str(eval_every), "--quiet", *extra] + (
+                ["--dev-split", "test", "--select-metric", "none"] if eval_every else [])  # the curve on test, no selection
 
 
 def run(argv: list[str]) -> float:

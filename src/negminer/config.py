@@ -145,7 +145,7 @@ class TrainConfig:
     dev_size: float = field(default=0.1, metadata={"help": "held-out dev slice: a fraction of the training queries "
                             "(at most 1,000) if < 1, else a count"})
     select_metric: str = field(default="auto", metadata={"help": "dev metric that picks model/ (auto: ndcg@10; "
-                               "xmc_p@1 for multi-label data)"})
+                               "xmc_p@1 for multi-label data; none: evaluate on dev only, model/ is the last)"})
     patience: int = field(default=0, metadata={"help": "stop after this many dev evaluations without improvement "
                           "(0: never)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0: only at the end)"})

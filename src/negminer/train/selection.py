@@ -15,7 +15,7 @@ def select_metric(name: str, multilabel: bool) -> str:
     if name == "auto":
         return "xmc_p@1" if multilabel else "ndcg@10"
     ok = [k for k in METRIC_KEYS if k != "num_queries"] + ([k for k in XMC_KEYS if k != "xmc_queries"] if multilabel else [])
-    if name not in ok:
+    if name not in ok:  # ("none" never gets here: no selection is made)
         raise ConfigError(f"--select-metric {name!r}: must be one of {', '.join(ok)}")
     return name
 

@@ -84,9 +84,11 @@ class Trainer:
             self.dev_split = dev_split(self.dataset, cfg.dev_split, cfg.train_split)
             if self.dev_split == HELD_OUT:
                 self.dataset = hold_out(self.dataset, cfg.train_split, cfg.dev_size, cfg.seed)
-            self.selection = Selection(select_metric(cfg.select_metric, self.dataset.is_multilabel()), cfg.patience)
-        elif cfg.patience:
-            raise ConfigError("--patience counts dev evaluations: pass --eval-every or --eval-every-seconds too")
+            if cfg.select_metric != "none":
+                self.selection = Selection(select_metric(cfg.select_metric, self.dataset.is_multilabel()), cfg.patience)
+        if cfg.patience and self.selection is None:
+            raise ConfigError("--patience counts dev evaluations that select the model: pass --eval-every or "
+                              "--eval-every-seconds, and a --select-metric other than none")
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_encoder(
             cfg.encoder, shared=cfg.shared, pooling=cfg.pooling, normalize=cfg.normalize,
@@ -364,10 +366,10 @@ class Trainer:
                         out_dir=out_dir if d.main else None)
 
     def evaluate_dev(self) -> dict:
-        """A dev evaluation; the best model so far is written as RUN/model (rank 0)."""
+        """A dev evaluation; the best model so far is written as RUN/model (rank 0) unless --select-metric none."""
         m = self.evaluate(split=self.dev_split)
         self.model.train()
-        if self.selection.update(m, self.step) and self.dist.main:
+        if self.selection is not None and self.selection.update(m, self.step) and self.dist.main:
             with writing("the best model"):
                 self.model.save(self.run_dir / "model")
         self.dist.barrier()
@@ -450,7 +452,7 @@ class Trainer:
                         row = dict(row or {"step": self.step}, **extra)
                         self.model.train()
                 if self.step < self.total_steps and not self.out_of_time() and self.eval_due():
-                    ev = self.evaluate_dev() if self.selection else self.evaluate()
+                    ev = self.evaluate_dev()
                     row = dict(row or {"step": self.step}, seconds=round(self.seconds, 3), eval=ev)
                     self.model.train()
                     if self.selection and self.selection.exhausted():
