@@ -8,7 +8,8 @@ always stops the run; the others are skipped with ``--on-nan skip``. With ``lr 1
 the static tower's weights' norm by ~1e6; a healthy step changes it by far less than 1%.
 
 Signals: SIGINT and SIGTERM set a flag; the loop checks it after each step, writes a checkpoint and stops
-with exit code 128 + the signal (130, 143). A second signal while saving is ignored until the save ends.
+with exit code 128 + the signal (130, 143). A second signal stops at once (exit 130; a save it interrupts leaves
+the previous checkpoint whole).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class Signals:
         self._old: dict = {}
 
     def _handler(self, signum, frame):
-        self.received = self.received or signum
+        if self.received:  # a second signal: stop now (a save in progress is atomic: the old checkpoint stays)
+            raise KeyboardInterrupt
+        self.received = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
