@@ -34,7 +34,7 @@ def test_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients(tiny_beir
     tr.model.train()
     got = {}
 
-    def capture(step):
+    def capture(step, loss=0.0):
         got.update({n: p.grad.to_dense().clone() for n, p in tr.model.named_parameters() if p.grad is not None})
         got["ratio"] = tower_norm_ratio(tr.model)["grad_norm_ratio"]
         return False

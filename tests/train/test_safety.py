@@ -63,7 +63,7 @@ def poison(tr, step: int, where: str):
 def test_on_nan_stop_leaves_the_checkpoint_and_the_store_untouched(tiny_beir, tmp_path, where):
     tr = trainer(tiny_beir, tmp_path)
     poison(tr, 3, where)
-    with pytest.raises(TrainingDiverged, match="step 3"):
+    with pytest.raises(TrainingDiverged, match="step 4"):  # the 4th step: the log counts from 1
         tr.run()
     ck = json.loads((tmp_path / "run" / "checkpoint" / "trainer.json").read_text())
     assert ck["step"] == 2
