@@ -142,7 +142,7 @@ SPLIT_CASES = {
                               "--select-metric 'f1'"),
     "steps and epochs": (lambda t: write_tiny_beir(t / "d"), ["--epochs", "2"], "--steps and --epochs"),
     "too few queries to hold out": (lambda t: write_tiny_beir(t / "d"),
-                                    ["--eval-every", "2", "--dev-size", "500"], None),
+                                    ["--eval-every", "2", "--dev-size", "500"], "--dev-size 500: the dataset"),
     "mined default count over the file's": (lambda t: write_tiny_beir(t / "d"), None, "--num-negatives 8 but"),
 }
 

@@ -85,7 +85,9 @@ def hold_out(ds, train_split: str, size: float, seed: int):
     train = ds.qrels[train_split]
     with_pos = sorted(q for q, j in train.items() if any(g > 0 for g in j.values()))
     n = int(size) if size >= 1 else min(1000, max(1, int(round(size * len(with_pos)))))
-    n = min(n, len(with_pos) - 1)
+    if n >= len(with_pos):
+        raise MissingSplit(f"--dev-size {size:g}: the dataset {ds.name!r} has {len(with_pos)} training queries; hold "
+                           "out fewer (a fraction below 1, or a smaller count) or pass --dev-split NAME")
     if n < 1:
         raise MissingSplit(f"dataset {ds.name!r}: {len(with_pos)} training queries: too few to hold some out for "
                            "model selection; pass --dev-split NAME or evaluate at the end only")
