@@ -102,7 +102,9 @@ def cmd_train(args, hooks=None) -> int:
     from negminer.hooks import default_hooks
     from negminer.train.trainer import Trainer, format_comparison
 
-    if not args.resume and os.path.exists(os.path.join(cfg.out, "checkpoint")):
+    from negminer.train.checkpoint import find_checkpoint
+
+    if not args.resume and find_checkpoint(cfg.out) is not None:  # checkpoint/, or checkpoint.prev alone
         raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
     from negminer import dist
 

@@ -454,3 +454,12 @@ def test_xmc_data_without_a_test_file_fails_before_any_work(tmp_path, capsys):
     rc = main(["train", "--data", str(_xmc_without_test(tmp_path)), "--out", str(out), *ARGS])
     assert rc == 2 and "split 'test' for final metrics (--eval-split): missing" in one_line(capsys)
     assert not out.exists()
+
+
+def test_a_run_with_only_the_previous_checkpoint_is_not_overwritten(data, killed, tmp_path, capsys):
+    """A kill between a save's two renames leaves checkpoint.prev alone: a new run there must not start over."""
+    out = tmp_path / "run"
+    shutil.copytree(killed, out)
+    shutil.rmtree(out / "checkpoint")
+    assert run_cli(data, out, *CACHE) == 2 and "already holds a run" in one_line(capsys)
+    assert (out / "checkpoint.prev" / "trainer.json").is_file()

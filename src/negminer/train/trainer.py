@@ -308,13 +308,15 @@ class Trainer:
             if why:
                 self.diverged(why, step)
                 return False
-            before = self._weight_norm if self._weight_norm is not None else self.weight_norm()
+            check = self.cfg.divergence_factor > 0  # the weights' norm: one pass over them per step
+            before = (self._weight_norm if self._weight_norm is not None else self.weight_norm()) if check else 0.0
             self.optimizer.step()
             self.scheduler.step()
-            self._weight_norm = self.weight_norm()
-            why = self.guard.check_weights(before, self._weight_norm)
-            if why:
-                self.diverged(why, step, applied=True)
+            if check:
+                self._weight_norm = self.weight_norm()
+                why = self.guard.check_weights(before, self._weight_norm)
+                if why:
+                    self.diverged(why, step, applied=True)
             self.guard.accept(loss, float(norm))
         return True
 
