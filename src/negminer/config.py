@@ -70,6 +70,11 @@ class TrainConfig:
     inbatch: bool = field(default=True, metadata={"help": "also use the other queries' positives as negatives"})
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
+    relative_margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above "
+                                   "positive x (1 - R) (sentence-transformers' relative_margin, NV-Retriever's "
+                                   "positive-aware filter)"})
+    max_score: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above this "
+                             "(raw score, a cosine for normalised towers; sentence-transformers' max_score)"})
     refresh: str = field(default="auto", metadata={"help": "refreshers after each step, comma-separated: write-back, "
                          "fraction, full, nystrom, corrector, none; auto: the sampler's (cache, tree: write-back, + fraction with "
                          "--refresh-fraction; cache-stream: write-back; exact, ance: full)"})
@@ -158,6 +163,8 @@ class TrainConfig:
     zero_shot: bool = field(default=True, metadata={"help": "evaluate the initial model first"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the towers' forward"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    report_to: str = field(default="none", metadata={"help": "also log to: tensorboard, wandb, mlflow (comma-"
+                           "separated, as Hugging Face's Trainer) | none; the JSONL logs are always written"})
     quiet: bool = False
 
     def to_dict(self) -> dict:
@@ -187,7 +194,8 @@ LIMITS: dict[str, dict] = {
     "ngame_recluster_every": {"ge": 1}, "ngame_embeddings": {"choices": ("recorded", "encode")},
     "memory": {"choices": ("plain", "gradcache", "accumulation", "contaccum")}, "accumulation": {"ge": 1},
     "bank_size": {"ge": 0}, "bank": {"choices": ("dual", "passage")}, "bank_warmup": {"ge": 0}, "chunk_size": {"ge": 0},
-    "num_negatives": {"ge": 0}, "sample_temperature": {"ge": 0}, "margin": {}, "refresh_every": {"ge": 0},
+    "num_negatives": {"ge": 0}, "sample_temperature": {"ge": 0}, "margin": {},
+    "relative_margin": {"ge": 0, "le": 1}, "max_score": {}, "refresh_every": {"ge": 0},
     "nystrom_landmarks": {"ge": 0}, "nystrom_every": {"ge": 1}, "nystrom_ridge": {"ge": 0},
     "corrector_apply": {"choices": ("all", "scored")}, "corrector_every": {"ge": 1}, "corrector_width": {"ge": 0},
     "corrector_depth": {"ge": 1}, "corrector_lr": {"gt": 0}, "corrector_warmup": {"ge": 0},
