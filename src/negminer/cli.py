@@ -9,7 +9,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from negminer import __version__, rules
-from negminer.config import LIMITS, TrainConfig, describe_limit, read_config_file, resolve
+from negminer.config import LIMITS, TrainConfig, describe_limit
 from negminer.errors import ConfigError, NegminerError
 
 
@@ -71,25 +71,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def train_config(args) -> TrainConfig:
     """The TrainConfig of ``train``-style arguments (defaults < --config file < flags), checked by the rule
-    table: a bad option or combination stops here, before any work."""
+    table as the Python API checks it (api.make_config): a bad option or combination stops here, before any work."""
+    from negminer.api import make_config
+
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    if args.max_length is not None:
-        flags["query_max_length"] = flags["query_max_length"] or args.max_length
-        flags["target_max_length"] = flags["target_max_length"] or args.max_length
-    base = {}
-    if getattr(args, "resume", False) and flags.get("out"):
-        saved = os.path.join(flags["out"], "config.yaml")
-        if os.path.exists(saved):
-            base = read_config_file(saved)
-    if args.config:
-        base.update(read_config_file(args.config))
-    cfg = resolve(flags, base)
-    if flags["steps"] is not None and flags["epochs"] is not None:
-        raise ConfigError("--steps and --epochs: give one (--steps N counts optimiser steps, --epochs E passes "
-                          "over the training queries)")
-    pipeline = rules.check(cfg)
+    cfg = make_config(flags, args.config, resume=getattr(args, "resume", False), max_length=args.max_length)
     if not cfg.quiet and not getattr(args, "dry_run", False):
-        for note in pipeline.notes:
+        for note in rules.check(cfg).notes:
             print(f"negminer: note: {note}", file=sys.stderr)
     return cfg
 
@@ -99,22 +87,11 @@ def cmd_train(args, hooks=None) -> int:
     if args.dry_run:
         print(rules.describe(cfg))
         return 0
-    from negminer.hooks import default_hooks
-    from negminer.train.trainer import Trainer, format_comparison
+    from negminer.api import run
+    from negminer.train.finish import format_comparison
 
-    from negminer.train.checkpoint import find_checkpoint
-
-    if not args.resume and find_checkpoint(cfg.out) is not None:  # checkpoint/, or checkpoint.prev alone
-        raise ConfigError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-    from negminer import dist
-
-    d = dist.init_from_env(cfg.dist_timeout, cfg.device)  # under torchrun: join the other ranks
-    try:
-        with dist.guard(cfg.out):  # a lost or silent rank: one line (dist.RankFailed), not the backend's traceback
-            metrics = Trainer(cfg, hooks=default_hooks(cfg) + list(hooks or [])).run(resume=args.resume)
-    finally:
-        dist.shutdown()
-    if d.main:
+    metrics = run(cfg, resume=args.resume, hooks=hooks)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 reports (the group is gone by now)
         print(format_comparison(metrics))
         print(f"run directory: {cfg.out}")
     return 0

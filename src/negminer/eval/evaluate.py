@@ -150,18 +150,17 @@ def format_metrics(m: dict) -> str:
     return "\n".join(out)
 
 
-def eval_command(model_dir, data, split="test", out=None, backend="exact", batch_size=128, quiet=False,
-                 propensity: str | None = None) -> int:
-    """``negminer eval``: load a saved model (or a model spec) and a dataset, print the metrics table.
+def evaluate_saved(model_dir, data, split="test", out=None, backend="exact", batch_size=128, quiet=False,
+                   propensity: str | None = None) -> dict:
+    """Load a saved model (or a model spec) and a dataset; its metrics on ``split`` (``.stats`` attached).
 
     A folder written by negminer (``RUN/model``, ``RUN/model-last``, ``RUN/checkpoint``, ``RUN``) loads with
-    ``encoders.load_saved``; anything else goes through ``build_encoder`` (a sentence-transformers folder, a Hugging Face name). ``propensity``: "A,B" for
-    the PSP@k inverse propensities of multi-label data (default: by dataset name). Returns the exit code.
-    """
+    ``encoders.load_saved``; anything else goes through ``build_encoder`` (a sentence-transformers folder, a
+    Hugging Face name). ``propensity``: "A,B" for the PSP@k inverse propensities of multi-label data (default:
+    by dataset name)."""
     from negminer.data.load import load_dataset
     from negminer.encoders import build_encoder, load_saved
 
-    t = time.perf_counter()
     ab = parse_propensity(propensity) if propensity is not None else None
     ds = load_dataset(data)
     if split not in ds.qrels:
@@ -169,9 +168,20 @@ def eval_command(model_dir, data, split="test", out=None, backend="exact", batch
     model = load_saved(model_dir) or build_encoder(str(model_dir))  # model/, a checkpoint, a run, or a spec
     m = evaluate(model, ds, split=split, batch_size=batch_size, backend=backend, progress=not quiet, out_dir=out,
                  propensity=ab)
+    m.stats["dataset"] = (ds.name, ds.num_targets)
+    return m
+
+
+def eval_command(model_dir, data, split="test", out=None, backend="exact", batch_size=128, quiet=False,
+                 propensity: str | None = None) -> int:
+    """``negminer eval``: ``evaluate_saved`` and the metrics table. Returns the exit code."""
+    t = time.perf_counter()
+    m = evaluate_saved(model_dir, data, split=split, out=out, backend=backend, batch_size=batch_size, quiet=quiet,
+                       propensity=propensity)
     print(format_metrics(m))
     if not quiet:
-        print(f"{ds.name} / {split}: {m['num_queries']} queries, {ds.num_targets} targets, "
+        name, n = m.stats["dataset"]
+        print(f"{name} / {split}: {m['num_queries']} queries, {n} targets, "
               f"{time.perf_counter() - t:.1f}s" + (f"; wrote {out}/run.trec and metrics.json" if out else "")
               + ("; PSP@k with A={}, B={}".format(*m.stats["propensity"]) if "propensity" in m.stats else ""),
               file=sys.stderr)
