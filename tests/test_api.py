@@ -57,3 +57,14 @@ def test_a_config_object_or_file_with_keyword_overrides(data, tmp_path):
     assert run.config.steps == 3 and run.metrics["train"]["steps"] == 3
     cfg = negminer.make_config({"data": str(data), "encoder": "static"})
     assert negminer.make_config({"steps": 5}, config=cfg).encoder == "static"
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Python API\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "notebook" / "negatives.jsonl").stat().st_size > 0
