@@ -1,4 +1,5 @@
-"""save / load: sentence-transformers loads what we save and gives our embeddings (to 1e-5)."""
+"""save / load: sentence-transformers loads what we save and gives our embeddings (to 1e-5); the saved
+folder as one model (Router, per-task lengths) is tested in test_st_folder.py."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def test_sentence_transformers_round_trip(tmp_path, texts, spec, normalize, shar
         assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) == normalize
     if not shared:
         assert not torch.allclose(m.encode_queries(texts), m.encode_targets(texts), atol=1e-3)
+    # the folder itself is one model: encode_query / encode_document take the query / target side
+    st = SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    for encode, theirs in ((m.encode_queries, st.encode_query), (m.encode_targets, st.encode_document)):
+        assert torch.allclose(encode(texts), torch.from_numpy(theirs(texts)), atol=1e-5)
     # weights are safetensors only, and DualEncoder.load restores the same model
     files = [p.name for p in (tmp_path / "m").rglob("*") if p.is_file()]
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)

@@ -1,18 +1,25 @@
 """DualEncoder: query tower f and target tower g (one shared module or two), score = <f(q), g(t)> / tau.
 
-Saved layout (``save`` / ``load``):
+Saved layout (``save`` / ``load``): ``path`` is ONE sentence-transformers model, the model that was
+trained: ``SentenceTransformer(path).encode_query(texts)`` gives ``encode_queries(texts)`` and
+``.encode_document(texts)`` gives ``encode_targets(texts)`` (each side truncated at its own max length),
+and plain ``.encode`` gives the target (document) embeddings. Next to it, ``negminer.json`` holds our
+settings (kind, spec, pooling, normalize, temperature and its raw log, max lengths, shared).
 
-- shared towers: ``path`` is a sentence-transformers model directory (``SentenceTransformer(path)``
-  gives the same embeddings as ``encode_targets``; it truncates at the target max length) plus
-  ``negminer.json`` with our settings (kind, spec, pooling, normalize, temperature and its raw log,
-  max lengths, shared);
-- separate towers: ``path/query/`` and ``path/target/``, each a sentence-transformers model (load
-  one with ``SentenceTransformer(path / "query")``), plus ``path/negminer.json``. We do not write an
-  ST Router model: it does not load in sentence-transformers 3.x.
+- shared tower, HF: Transformer at the root + ``1_Pooling`` (+ ``2_Normalize``); when the max lengths
+  differ, the Transformer's ``query_length`` / ``document_length`` (sentence-transformers' per-task
+  lengths) truncate each side: no Router, one copy of the weights;
+- shared tower, static: ``0_StaticEmbedding`` (+ ``1_Normalize``); when the max lengths differ, a
+  Router whose query route is a tokenizer-only StaticEmbedding (``query_tokenizer``: the query
+  truncation, a zero-width table) then the shared ``0_StaticEmbedding``: one copy of the weights;
+- separate towers: ``path/query/`` and ``path/target/`` are each a whole sentence-transformers model
+  (``SentenceTransformer(path / "query")`` still loads one tower) and ``path`` is a Router model
+  (``router_config.json``) whose "query" route is the modules of ``query/`` and whose "document"
+  route (the default) those of ``target/``: the weights are stored once.
 
-Per tower: HF = Transformer at the root + ``1_Pooling`` (+ ``2_Normalize``); static =
-``0_StaticEmbedding`` (+ ``1_Normalize``). Weights are safetensors. Loads in sentence-transformers 6.2
-(tested) and 3.4 (checked by hand), with the same embeddings.
+Weights are safetensors. Tested with sentence-transformers 6.3; a Router model needs 5.x or later,
+per-task lengths a version that knows ``query_length`` (a shared tower with equal lengths is a plain
+model, as sentence-transformers 3.x writes it).
 
 Checkpoints: a shared tower is registered once (as ``query_tower``; ``target_tower`` is a property
 returning the same object), so ``state_dict()`` holds no aliased tensors and
@@ -169,10 +176,14 @@ class DualEncoder(nn.Module):
         """Build in a temporary sibling folder, then rename it into place (replacing an older save)."""
         with atomic_dir(path) as tmp:
             if self.shared:
-                self.target_tower.save(tmp, self.target_max_length, self.normalize)
+                self.target_tower.save(tmp, self.target_max_length, self.normalize,
+                                       query_max_length=self.query_max_length)
             else:
                 self.query_tower.save(tmp / "query", self.query_max_length, self.normalize)
                 self.target_tower.save(tmp / "target", self.target_max_length, self.normalize)
+                stdir.write_router(tmp, {stdir.QUERY: stdir.read_modules(tmp / "query", "query"),
+                                         stdir.DOCUMENT: stdir.read_modules(tmp / "target", "target")},
+                                   self.normalize)
             atomic_write_json(tmp / "negminer.json", self.settings())
 
     @classmethod

@@ -60,13 +60,21 @@ class HFTower(nn.Module):
         mask = features["attention_mask"].unsqueeze(-1).to(out.dtype)
         return (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
-    def save(self, path: Path, max_length: int, normalize: bool) -> None:
-        """A sentence-transformers directory: Transformer at the root, 1_Pooling, optional 2_Normalize."""
+    def save(self, path: Path, max_length: int, normalize: bool, query_max_length: int | None = None) -> None:
+        """A sentence-transformers directory: Transformer at the root, 1_Pooling, optional 2_Normalize.
+
+        ``max_length`` truncates ``encode`` and ``encode_document``. With a different ``query_max_length``
+        (one tower for both sides), the Transformer also gets sentence-transformers' per-task lengths
+        (``query_length`` for ``encode_query``, ``document_length``): one copy of the weights, no Router.
+        """
         path.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
             self.model.save_pretrained(str(path))  # safetensors (the default)
             self.tokenizer.save_pretrained(str(path))
-        atomic_write_json(path / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
+        config = {"max_seq_length": max_length, "do_lower_case": False}
+        if query_max_length is not None and query_max_length != max_length:
+            config.update(query_length=query_max_length, document_length=max_length)
+        atomic_write_json(path / "sentence_bert_config.json", config)
         stdir.write_modules(path, [("", stdir.TRANSFORMER), ("1_Pooling", stdir.POOLING)], normalize)
         atomic_write_json(path / "1_Pooling" / "config.json", {
             "word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",

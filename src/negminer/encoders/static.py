@@ -77,12 +77,34 @@ class StaticTower(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.embedding(features["input_ids"], features["offsets"])
 
-    def save(self, path: Path, max_length: int, normalize: bool) -> None:
+    def save(self, path: Path, max_length: int, normalize: bool, query_max_length: int | None = None) -> None:
         """A sentence-transformers directory: 0_StaticEmbedding, optional 1_Normalize (the layout ST
-        itself writes; sentence-transformers 3.x cannot load a StaticEmbedding at the root)."""
+        itself writes; sentence-transformers 3.x cannot load a StaticEmbedding at the root).
+
+        ``max_length`` (the truncation stored in tokenizer.json) is for ``encode`` / ``encode_document``.
+        A StaticEmbedding has no per-task length, so a different ``query_max_length`` (one tower for
+        both sides) makes a Router model: the query route is ``query_tokenizer`` (a StaticEmbedding
+        with the query truncation and a zero-width table: it only tokenises) followed by the shared
+        0_StaticEmbedding, which pools the query's tokens; the document route is 0_StaticEmbedding.
+        The weights are stored once.
+        """
         sub = path / "0_StaticEmbedding"
         sub.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding.weight": self.embedding.weight.detach().cpu().contiguous()}, str(sub / "model.safetensors"))
+        weight = self.embedding.weight.detach().cpu().contiguous()
+        save_file({"embedding.weight": weight}, str(sub / "model.safetensors"))
         self.tokenizer.enable_truncation(max_length)
         self.tokenizer.save(str(sub / "tokenizer.json"))
-        stdir.write_modules(path, [("0_StaticEmbedding", stdir.STATIC)], normalize)
+        modules = [("0_StaticEmbedding", stdir.STATIC)]
+        if query_max_length is None or query_max_length == max_length:
+            stdir.write_modules(path, modules, normalize)
+            return
+        tok = path / "query_tokenizer"
+        tok.mkdir(parents=True, exist_ok=True)
+        save_file({"embedding.weight": weight.new_zeros(weight.shape[0], 0)}, str(tok / "model.safetensors"))
+        self.tokenizer.enable_truncation(query_max_length)
+        self.tokenizer.save(str(tok / "tokenizer.json"))
+        if normalize:
+            modules.append(("1_Normalize", stdir.NORMALIZE))
+            (path / "1_Normalize").mkdir(exist_ok=True)
+        stdir.write_router(path, {stdir.QUERY: [("query_tokenizer", stdir.STATIC), *modules],
+                                  stdir.DOCUMENT: modules}, normalize)
