@@ -42,4 +42,13 @@ class DiagnosticsHook:
 
 
 def default_hooks(cfg) -> list:
-    return [DiagnosticsHook(every=cfg.diagnose_every)] if cfg.diagnose_every else []
+    """The hooks the options ask for: ``--diagnose-every``, ``--report-to`` (report.py; its names are checked
+    here, before any work: ConfigError)."""
+    hooks = [DiagnosticsHook(every=cfg.diagnose_every)] if cfg.diagnose_every else []
+    if (cfg.report_to or "none").strip().lower() != "none":
+        from negminer.report import report_hook
+
+        hook = report_hook(cfg.report_to)
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
