@@ -16,7 +16,7 @@ Example::
 
     model = build_encoder("static", shared=False, learn_temperature=True)
     q = model.embed_queries(model.tokenize_queries(["what is a dual encoder?"]))   # [1, 384], with grad
-    model.save("out/model")   # SentenceTransformer("out/model/query") loads the query tower
+    model.save("out/model")   # SentenceTransformer("out/model").encode_query / .encode_document: the two towers
 """
 
 from __future__ import annotations
