@@ -7,7 +7,7 @@ seconds, the work counters, ``phases/<phase>`` seconds, the sampler's and refres
 drawn_age, nystrom_*), ``diagnostics/<name>`` (``--diagnose-every``) and ``eval/<metric>`` for every
 evaluation during training. Strings and empty values (a skipped step's loss) are left out. The zero-shot
 metrics (``RUN/zero_shot.json``) are logged as ``zero_shot/<metric>`` at step 0, and the final metrics as
-``final/<key>`` (W&B: the run summary) once the trainer passes them (``on_end``, below). The resolved
+``final/<key>`` (W&B: the run summary) when the trainer passes them (``on_end``, below). The resolved
 configuration (``trainer.cfg.to_dict()``) goes to each backend as hyper-parameters; the run is named after
 the run folder.
 
@@ -35,10 +35,10 @@ Timing: everything happens in ``on_step`` (not counted as training time), never 
 read back from the JSONL file as the trainer appends them, so a row reaches the backends at the next step's
 ``on_step`` (the last one at the final checkpoint): exactly what the file holds, evaluations included.
 
-The end: the writers are closed (TensorBoard flushed and closed, W&B finished, the MLflow run ended FINISHED)
-at the final checkpoint, or, when ``Trainer.run`` calls ``self._event("on_end", metrics)`` after ``finish``,
-there, after logging the final metrics (``on_end(trainer, None)``: the run failed). A run that stops on an
-error or a signal is closed when the process exits (W&B exit code 1, MLflow KILLED).
+The end: ``Trainer.run`` calls ``on_end(trainer, metrics)`` after the final evaluation; the final metrics are
+logged, then the writers closed (TensorBoard flushed and closed, W&B finished, the MLflow run ended FINISHED).
+A run that stops on an error or a signal calls ``on_end(trainer, None)``: closed as failed (W&B exit code 1,
+MLflow KILLED).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -107,12 +106,6 @@ def scalars(row: dict, prefix: str = "") -> dict:
     return out
 
 
-def _calls(cls, event: str) -> bool:
-    """Whether ``cls.run`` raises hook event ``event`` (``self._event("on_end", ...)`` names it)."""
-    code = getattr(getattr(cls, "run", None), "__code__", None)
-    return code is not None and (event in code.co_consts or event in code.co_names)
-
-
 class ReportHook:
     """Sends the training log to TensorBoard, W&B and MLflow (the module docstring says what and where)."""
 
@@ -133,9 +126,6 @@ class ReportHook:
         if not trainer.dist.main or self._bind(trainer).closed:
             return
         self._sync(trainer)
-        final = trainer.step >= trainer.total_steps or trainer.out_of_time() or bool(trainer.stopped_by)
-        if final and not _calls(type(trainer), "on_end"):  # else on_end closes, with the final metrics
-            self.close()
 
     def on_end(self, trainer, metrics=None) -> None:
         """The run's end: ``metrics`` (``finish``'s) logged as ``final/...``, then the writers closed; None:

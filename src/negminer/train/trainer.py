@@ -403,6 +403,15 @@ class Trainer:
             f.write(_jsonl(row))
 
     def run(self, resume: bool = False) -> dict:
+        """Train, save and evaluate; hooks get ``on_end(trainer, metrics)``, or ``on_end(trainer, None)`` when
+        the run stops on an error or a signal."""
+        try:
+            return self._run(resume)
+        except BaseException:
+            self._event("on_end", None)
+            raise
+
+    def _run(self, resume: bool) -> dict:
         cfg, main = self.cfg, self.dist.main  # under torchrun only rank 0 writes the run folder and evaluates
         quiet = cfg.quiet or not main
         if main:
@@ -473,8 +482,11 @@ class Trainer:
                         (cfg.save_every and self.step % cfg.save_every == 0)
                         or (cfg.save_every_seconds and time.monotonic() - self._saved_at >= cfg.save_every_seconds)):
                     self.save()
+                    t0 = self.clock() - self.seconds  # nor is a save's
             bar.close()
             self.save()
         from negminer.train.finish import finish
 
-        return finish(self, zero_shot)
+        metrics = finish(self, zero_shot)
+        self._event("on_end", metrics)  # hooks close their writers (report.py) with the final metrics
+        return metrics
