@@ -60,6 +60,9 @@ def make_config(options: dict, config=None, resume: bool = False, max_length: in
         raise ConfigError("--steps and --epochs: give one (--steps N counts optimiser steps, --epochs E passes "
                           "over the training queries)")
     rules.check(cfg)
+    from negminer.report import parse_report_to
+
+    parse_report_to(cfg.report_to)  # --dry-run and the API refuse an unknown backend too
     return cfg
 
 
