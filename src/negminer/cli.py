@@ -118,7 +118,8 @@ def cmd_mine(args) -> int:
     from negminer.mine import mine_command
 
     return mine_command(args.model, args.data, args.out, split=args.split, top_k=args.top_k, margin=args.margin,
-                        skip=args.skip, fmt=args.format, quiet=args.quiet)
+                        skip=args.skip, fmt=args.format, quiet=args.quiet, relative_margin=args.relative_margin,
+                        max_score=args.max_score)
 
 
 def cmd_diagnose(args) -> int:
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a saved model (exact or FAISS top-100)")
     e.add_argument("--model", required=True, help="model directory (RUN_DIR/model)")
-    e.add_argument("--data", required=True, help="dataset folder, file, builtin:NAME or synthetic:N")
+    e.add_argument("--data", required=True, help="dataset folder or file (BEIR, MS MARCO, JSONL, parquet, CSV, save_to_disk, XMC), hf:NAME[:CONFIG], builtin:NAME or synthetic:N")
     e.add_argument("--split", default="test")
     e.add_argument("--out", help="write run.trec and metrics.json here")
     e.add_argument("--backend", default="exact", choices=["exact", "faiss"])
@@ -157,12 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     mi = sub.add_parser("mine", help="export hard negatives as JSONL (FlagEmbedding / sentence-transformers)")
     mi.add_argument("--model", required=True, help="model directory or encoder spec (minilm, static, PATH)")
     mi.add_argument("--data", required=True)
-    mi.add_argument("--out", required=True, help="JSONL file to write")
+    mi.add_argument("--out", required=True, help="JSONL file to write (parquet if it ends with .parquet)")
     mi.add_argument("--split", default="train")
     mi.add_argument("--top-k", type=int, default=10, help="negatives per query")
     mi.add_argument("--margin", type=float, default=None, help="drop candidates scoring above positive - margin")
+    mi.add_argument("--relative-margin", type=float, default=None, metavar="R", help="drop candidates scoring above "
+                    "positive - |positive| x R (sentence-transformers' relative_margin; 0..1)")
+    mi.add_argument("--max-score", type=float, default=None, metavar="S", help="drop candidates scoring above S "
+                    "(sentence-transformers' max_score)")
     mi.add_argument("--skip", type=int, default=0, help="skip the first N ranks (likely false negatives)")
-    mi.add_argument("--format", default="flag", choices=["flag", "st"])
+    mi.add_argument("--format", default="flag", choices=["flag", "triplet", "n-tuple", "n-tuple-scores", "labeled-pair",
+                    "labeled-list", "st"], help="flag (FlagEmbedding) or sentence-transformers' mine_hard_negatives "
+                    "output_format (st = n-tuple); default: flag")
     mi.add_argument("--quiet", action="store_true")
     mi.set_defaults(func=cmd_mine)
     dg = sub.add_parser("diagnose", help="compare a sampler's negatives with the exact softmax")
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a dataset and print its statistics")
-    c.add_argument("path", help="dataset folder, file, builtin:NAME or synthetic:N")
+    c.add_argument("path", help="dataset folder or file (BEIR, MS MARCO, JSONL, parquet, CSV, save_to_disk, XMC), hf:NAME[:CONFIG], builtin:NAME or synthetic:N")
     c.add_argument("--json", action="store_true", help="print the statistics as JSON")
     c.set_defaults(func=cmd_data_check)
     return p

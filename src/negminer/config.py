@@ -18,7 +18,9 @@ from negminer.errors import ConfigError
 
 @dataclass
 class TrainConfig:
-    data: str = "builtin:pycode"
+    data: str = field(default="builtin:pycode", metadata={"help": "dataset folder or file (BEIR, MS MARCO, JSONL "
+                      "pairs, parquet / CSV / save_to_disk with sentence-transformers' columns, XMC), hf:NAME[:CONFIG] "
+                      "(the local Hugging Face cache), builtin:NAME or synthetic:N"})
     out: str = "runs/default"
     encoder: str = field(default="minilm", metadata={"help": "minilm | static | static:PATH | hf:PATH | PATH"})
     shared: bool = field(default=True, metadata={"help": "one tower for queries and targets"})
