@@ -112,10 +112,10 @@ def eligible(setup: Setup, q: torch.Tensor, p_emb: torch.Tensor, anchor: int, n:
     ok[torch.as_tensor(sorted(setup.exclude(anchor)), dtype=torch.long)] = False
     s, rows = setup.sampler, torch.arange(n)
     shared = s.candidates(setup.store) if s.k and setup.store is not None else None
-    margin = getattr(s, "margin", None)
-    if margin is not None and setup.store is not None:
-        over = float((q.float() * p_emb.float()).sum()) - margin
-        drop = setup.store.scores(q.unsqueeze(0), rows).cpu()[0] > over
+    # every filter set (margin, relative margin, max score): the sampler's threshold for this positive
+    over = s.threshold((q.float() * p_emb.float()).sum().reshape(1)) if getattr(s, "filters", False) else None
+    if over is not None and setup.store is not None:
+        drop = setup.store.scores(q.unsqueeze(0), rows).cpu()[0] > float(over[0])
         if shared is not None:
             drop &= torch.isin(rows, shared.cpu())
         ok &= ~drop
@@ -365,4 +365,5 @@ def pipeline_summary(p) -> dict:
     return {"batching": p.batcher.name, "memory": p.memory.name, "sampler": p.sampler.name,
             "num_negatives": cfg.num_negatives if "draws" in p.caps else 0, "inbatch": bool(cfg.inbatch),
             "share_negatives": bool(cfg.share_negatives), "margin": cfg.margin,
+            "relative_margin": cfg.relative_margin, "max_score": cfg.max_score,
             "refreshers": [r.name for r in p.refreshers], "loss": p.loss.name, "corrections": rules.corrections(p)}

@@ -14,7 +14,8 @@ Capabilities (a part gives them, another needs them):
     draws      proposes k negatives per query
     log_pi     says each draw's inclusion probability / expected count (a corrected estimate)
     cross      gives every query's pi of any row (shared negatives: one pool for the batch)
-    scores     scores candidates, so a margin can drop the ones above the positive
+    scores     scores candidates, so a margin (--margin, --relative-margin, --max-score) can drop the ones
+               above the positive
     softmax    draws from softmax(scores / tau_s) (the cache surrogate's proposal)
     log_z      gives log sum exp(stale scores) (the cache surrogate)
     shardable  works with a store split across processes (--store-shard)
@@ -66,7 +67,8 @@ def _sampler(name: str, impl: str, *args, **kw) -> Part:
 
 
 STORE_OPTS = ("store_dtype", "store_path", "store_device", "store_shard", "store_max_ram_mb", "write_back")
-SCORED = ("num_negatives", "sample_temperature", "margin", "replacement", "negative_grad", "share_negatives")
+FILTERS = ("margin", "relative_margin", "max_score")  # false-negative filters: they need "scores"
+SCORED = ("num_negatives", "sample_temperature") + FILTERS + ("replacement", "negative_grad", "share_negatives")
 
 SAMPLERS = [
     _sampler("inbatch", "inbatch:InBatchSampler", "the other queries' positives only", gives=_caps()),
@@ -80,7 +82,7 @@ SAMPLERS = [
              correction="log pi = Gumbel-top-k inclusion probability (priority-sampling threshold), or log k q with "
                     "replacement"),
     _sampler("ance", "ance:AnceSampler", "k of each query's top --ance-top from an index rebuilt every R steps (ANCE)",
-             ("num_negatives", "margin", "negative_grad", "share_negatives", "ance_top") + STORE_OPTS,
+             ("num_negatives",) + FILTERS + ("negative_grad", "share_negatives", "ance_top") + STORE_OPTS,
              _caps(STORE, "draws", "scores")),
     _sampler("cache", "cache:CacheSampler", "k draws from softmax(stale scores / tau_s) over the cached targets (negative cache, "
              "Gumbel-Max in one streaming pass); --prefilter-top K: among each query's top K from an IVF index",
@@ -258,6 +260,11 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+def _filter_set(cfg) -> str | None:
+    """The flag of the first false-negative filter set (--margin, --relative-margin, --max-score), or None."""
+    return next((f"--{o.replace('_', '-')}" for o in FILTERS if getattr(cfg, o) is not None), None)
+
+
 def _micro(cfg) -> int:
     return cfg.batch_size // cfg.accumulation
 
@@ -272,10 +279,10 @@ RULES: list[tuple[Callable[[Pipeline], bool], object]] = [
     (lambda p: not p.cfg.share_negatives or "shareable" in p.loss.gives, "--share-negatives needs --loss softmax"),
     (lambda p: not p.cfg.share_negatives or "cross" in p.caps or "log_pi" not in p.caps,
      "--share-negatives cannot correct --prefilter-top draws (per-query candidate lists)"),
-    (lambda p: p.cfg.margin is None or "scores" in p.caps,
-     lambda p: f"--margin needs a sampler that scores candidates (exact, ance, cache, cache-stream, tree); --negatives "
-               f"{p.sampler.name} has no scores" + (" (pass --margin to negminer mine instead)"
-                                                   if p.sampler.name == "mined" else "")),
+    (lambda p: _filter_set(p.cfg) is None or "scores" in p.caps,
+     lambda p: f"{_filter_set(p.cfg)} needs a sampler that scores candidates (exact, ance, cache, cache-stream, tree); "
+               f"--negatives {p.sampler.name} has no scores" + (f" (pass {_filter_set(p.cfg)} to negminer mine instead)"
+                                                               if p.sampler.name == "mined" else "")),
     (lambda p: not p.cfg.replacement or "softmax" in p.caps or p.sampler.name == "uniform",
      lambda p: f"--replacement: --negatives {p.sampler.name} takes distinct negatives (no softmax draws to repeat)"),
     (lambda p: p.cfg.negative_grad == "target" or _uses_store(p),
@@ -356,9 +363,14 @@ def corrections(p: Pipeline) -> list[str]:
     if cfg.share_negatives:
         out.append("shared negatives: one pool of the batch's draws, each candidate weighted by the sum of every "
                    "query's pi (independent noise per query)" if corrected else "shared negatives: uncorrected pool")
-    if cfg.margin is not None:
-        out.append(f"margin {cfg.margin}: rows whose stale score exceeds positive - margin leave the query's eligible set "
-                   "in every pool")
+    drops = [f"margin {cfg.margin}: above positive - margin"] if cfg.margin is not None else []
+    if cfg.relative_margin is not None:
+        drops.append(f"relative margin {cfg.relative_margin}: above positive - |positive| x relative margin")
+    if cfg.max_score is not None:
+        drops.append(f"max score {cfg.max_score}: above max score")
+    if drops:
+        out.append(f"{'; '.join(drops)}: rows whose stale score exceeds " + ("this" if len(drops) == 1 else
+                   "any of these") + " leave the query's eligible set in every pool")
     if cfg.loss == "cache-surrogate":
         out.append("cache surrogate: (1 - p_pos) from the stale partition function of the pass")
     if cfg.memory == "contaccum":

@@ -58,7 +58,8 @@ class Draw:
     cross: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows [M] -> [B, M] log expected count of
     # each row among each query's usable draws (shared negatives: every query's pi of every draw)
     drop: Callable[[torch.Tensor], torch.Tensor] | None = None  # rows [M] -> [B, M] bool: the margin removed
-    # the row from the query's eligible set (None: no margin)
+    # the row from the query's eligible set (None: no margin; "the margin": --margin, --relative-margin and
+    # --max-score, a row dropped when any drops it)
 
     @staticmethod
     def empty(b: int) -> "Draw":

@@ -37,7 +37,8 @@ def build_sampler(cfg, replacement: bool = False, mined: list | None = None) -> 
     """The sampler named by ``cfg.negatives`` with its options from the TrainConfig (each sampler's
     ``from_config``); ``replacement``: draw with replacement (``--replacement``, or a loss that needs it);
     ``mined``: per training query, its mined negative rows (``--negatives mined``)."""
-    common = {"margin": cfg.margin, "sample_temperature": cfg.sample_temperature or None,
+    common = {"margin": cfg.margin, "relative_margin": cfg.relative_margin, "max_score": cfg.max_score,
+              "sample_temperature": cfg.sample_temperature or None,
               "replacement": replacement or cfg.replacement}
     cls = sampler_class(cfg.negatives)
     s = cls.from_config(cfg, common, mined) if cfg.negatives == "mined" else cls.from_config(cfg, common)

@@ -5,7 +5,9 @@ the sample (``Draw``, negminer/types.py): ``log_pi`` is the log inclusion probab
 replacement) or the log expected count k q (with replacement), so that sum_{drawn} exp(s_j) / pi_j
 is unbiased for sum_j exp(s_j). For the in-batch mixture it also gives ``pool_log_pi``: the same
 quantity for each batch positive, per query (-inf where the sampler could not have drawn it), and
-with a margin ``drop``: which rows the margin removed from each query's eligible set.
+with a margin ``drop``: which rows the margin removed from each query's eligible set. "The margin" is every
+false-negative filter set (``score_threshold``): --margin, --relative-margin, --max-score; a row is dropped
+when its stale score exceeds the lowest of their thresholds, i.e. when any of them drops it.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ class Sampler:
     shared = False  # --share-negatives: every query scores every query's draws, so each query needs its own noise
 
     def __init__(self, k: int = 0, margin: float | None = None, sample_temperature: float | None = None,
-                 replacement: bool = False):
+                 replacement: bool = False, relative_margin: float | None = None, max_score: float | None = None):
         self.k, self.margin, self.sample_temperature, self.replacement = k, margin, sample_temperature, replacement
+        self.relative_margin, self.max_score = relative_margin, max_score
         self.want_log_z = False  # set by the trainer when the loss needs Draw.log_z
         self.last_stats: dict = {}
 
     @classmethod
     def from_config(cls, cfg, common: dict) -> "Sampler":
-        """The sampler with its options from a TrainConfig (``common``: margin, sampling temperature, replacement)."""
+        """The sampler with its options from a TrainConfig (``common``: margin, relative margin, max score,
+        sampling temperature, replacement)."""
         return cls(cfg.num_negatives, **common)
 
     def setup(self, store, model, step: int, encode=None) -> None:
@@ -79,11 +83,21 @@ class Sampler:
     def scale(self, batch: Batch) -> float:
         return 1.0 / self.sample_temperature if self.sample_temperature else batch.loss_scale
 
+    @property
+    def filters(self) -> bool:
+        """Whether any false-negative filter is set (margin, relative margin, max score)."""
+        return self.margin is not None or self.relative_margin is not None or self.max_score is not None
+
+    def threshold(self, s_pos: torch.Tensor) -> torch.Tensor | None:
+        """``score_threshold`` with this sampler's filters (None: none set)."""
+        return score_threshold(s_pos, self.margin, self.relative_margin, self.max_score)
+
     def margin_over(self, q: torch.Tensor, batch: Batch) -> torch.Tensor | None:
-        """[B] score above which a candidate is dropped (positive - margin): likely an unlabelled positive."""
-        if self.margin is None:
+        """[B] score above which a candidate is dropped (likely an unlabelled positive): the lowest threshold of
+        the filters set (``score_threshold``) from the positive's score; None without filters."""
+        if not self.filters:
             return None
-        return (q.float() * batch.pos_emb.to(q.device).float()).sum(-1) - self.margin
+        return self.threshold((q.float() * batch.pos_emb.to(q.device).float()).sum(-1))
 
     def margin_drop(self, q: torch.Tensor, batch: Batch, store, cand: torch.Tensor | None = None):
         """``Draw.drop``: rows [M] -> [B, M] bool, True where the margin removed the row from query i's eligible
@@ -101,6 +115,26 @@ class Sampler:
                 out &= torch.isin(rows, cand.cpu()).unsqueeze(0)
             return out
         return drop
+
+
+def score_threshold(s_pos: torch.Tensor, margin: float | None = None, relative_margin: float | None = None,
+                    max_score: float | None = None) -> torch.Tensor | None:
+    """Score above which a candidate is dropped as a likely false negative, from the positive's score ``s_pos``
+    (any shape; float32): the lowest of the thresholds set, so that a candidate is dropped when any filter drops it:
+      * ``margin`` (absolute): positive - margin;
+      * ``relative_margin`` R (sentence-transformers' relative_margin, NV-Retriever's TopK-PercPos):
+        positive - |positive| x R, i.e. positive x (1 - R) for a positive score >= 0 (sentence-transformers
+        takes |positive| so that a negative positive score does not raise the threshold);
+      * ``max_score``: the constant max_score.
+    None when none is set."""
+    s_pos = s_pos.float()
+    out = None
+    for t in ((s_pos - margin) if margin is not None else None,
+              (s_pos - s_pos.abs() * relative_margin) if relative_margin is not None else None,
+              torch.full_like(s_pos, max_score) if max_score is not None else None):
+        if t is not None:
+            out = t if out is None else torch.minimum(out, t)
+    return out
 
 
 def stream_draw(sampler: Sampler, q: torch.Tensor, batch: Batch, store, rows: torch.Tensor | None = None,
