@@ -73,7 +73,7 @@ class TrainConfig:
     sample_temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0: the loss temperature)"})
     margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above positive - margin"})
     relative_margin: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above "
-                                   "positive x (1 - R) (sentence-transformers' relative_margin, NV-Retriever's "
+                                   "positive - |positive| x R (sentence-transformers' relative_margin, NV-Retriever's "
                                    "positive-aware filter)"})
     max_score: float = field(default=None, metadata={"type": float, "help": "drop candidates scoring above this "
                              "(raw score, a cosine for normalised towers; sentence-transformers' max_score)"})
