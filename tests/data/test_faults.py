@@ -325,3 +325,22 @@ def test_mine_makes_a_missing_folder_and_says_so(tiny_beir, tmp_path, capsys):
     out = tmp_path / "new" / "deeper" / "neg.jsonl"
     assert main(["mine", "--model", "static", "--data", str(tiny_beir), "--out", str(out), "--top-k", "2"]) == 0
     assert out.is_file() and "does not exist; it will be created" in capsys.readouterr().err
+
+
+def test_pairs_with_sentence_transformers_columns_after_the_first_line(tmp_path, capsys):
+    """The first line decides the reader (plain pairs here); numbered negatives later are read, labels refused."""
+    from negminer.data.load import load_dataset
+
+    f = tmp_path / "train.jsonl"
+    rows = [{"anchor": "a", "positive": "p"}, {"anchor": "b", "positive": "q", "negative_2": "n2", "negative_1": "n1",
+                                                 "negative_3": None}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_dataset(f)
+    qid = next(q for q, t in zip(ds.query_ids, ds.query_texts) if t == "b")
+    assert [ds.target_texts[ds.target_index[t]] for t in ds.hard_negatives[qid]] == ["n1", "n2"]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows[:1] + [{"anchor": "b", "positive": "q", "label": 0}]))
+    from negminer.cli import main
+
+    assert main(["data", "check", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.jsonl:2: field 'label'" in err[0]

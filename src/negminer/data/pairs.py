@@ -92,7 +92,13 @@ def load_pairs(path: str | Path, name: str | None = None) -> Dataset:
                 tid = _hid("t", t)
                 targets[tid] = t
                 judged.setdefault(qid, {})[tid] = 1
-            for t in _texts(f, no, rec, NEG_KEYS, False):
+            for key in ("label", "labels", "score"):  # sentence-transformers' labelled rows: data/hfdata.py's
+                if key in rec:
+                    raise DataError(f, f"a '{key}' column from this line on, but not on the first line: the file "
+                                    "was read as plain pairs; put the column on every line", line=no, field=key)
+            numbered = sorted((k for k in rec if k.startswith("negative_") and k[9:].isdigit()), key=lambda k: int(k[9:]))
+            for t in _texts(f, no, rec, NEG_KEYS, False) + [x for k in numbered if rec[k] is not None
+                                                        for x in _texts(f, no, rec, (k,), False)]:
                 tid = _hid("t", t)
                 targets[tid] = t
                 negs.setdefault(qid, []).append(tid)
