@@ -293,3 +293,22 @@ def test_refusals(make_model):
         loss(feats, None)
     with pytest.raises(ValueError, match="pairs"):
         loss(feats + feats[1:], None)
+
+
+@pytest.mark.parametrize("options", [{"relative_margin": 0.3}, {"max_score": 0.5}], ids=["relative", "max-score"])
+def test_sentence_transformers_filters_drop_the_draws_above_them(make_model, options):
+    model = make_model()
+    loss = NegativeCacheLoss(model, corpus=CORPUS, num_negatives=6, seed=3, train_dataset=pairs(), **options)
+    idx = [0, 1, 2, 10, 11, 20, 30, 41]
+    feats = [model.preprocess([ANCHORS[i] for i in idx]), model.preprocess([POSITIVES[i] for i in idx])]
+    model.train()
+    loss(feats, None).backward()
+    last, store = loss.last, loss.store.embeddings()
+    d, q = last["draw"], last["q"]
+    s = (q.unsqueeze(1) * store[d.ids]).sum(-1)
+    pos = (q * last["pos"]).sum(1, keepdim=True)
+    limit = pos - pos.abs() * options["relative_margin"] if "relative_margin" in options else \
+        torch.full_like(pos, options["max_score"])
+    assert not bool((s > limit + 1e-6)[~d.mask].any())
+    above = (q @ store.T > limit + 1e-6).sum(1)  # the filter binds: rows other than the positive are above it
+    assert int((above > 1).sum()) >= 2, above

@@ -64,7 +64,8 @@ LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
 class NegativeCacheLoss(nn.Module):
     def __init__(self, model, corpus, num_negatives: int = 8, *, sampler: str = "cache", scale: float = 20.0,
                  similarity: str = "cos", sample_temperature: float | None = None, correction: bool = True,
-                 inbatch: bool = True, margin: float | None = None, refresh: str = "auto",
+                 inbatch: bool = True, margin: float | None = None, relative_margin: float | None = None,
+                 max_score: float | None = None, refresh: str = "auto",
                  refresh_fraction: float = 0.0, refresh_order: str = "oldest", refresh_every: int = 0,
                  write_back: str = "eval", cache_size: int = 0, replacement: bool = False, store_dtype: str = "fp32",
                  dedupe_text: bool = True, corpus_prompt: str | None = None, encode_batch_size: int = 64,
@@ -77,7 +78,8 @@ class NegativeCacheLoss(nn.Module):
         (MNRL's) | dot. ``sample_temperature``: tau_s of the draw (default 1 / scale). ``correction``: the
         -log pi correction of drawn (and mixed in-batch) negatives. ``inbatch``: the other anchors'
         positives are negatives too. ``margin``: drop candidates whose stale score is above positive -
-        margin (likely unlabelled positives). ``refresh``: comma-separated refreshers, negminer's names
+        margin (likely unlabelled positives); ``relative_margin`` R: above positive - |positive| x R;
+        ``max_score``: above it (sentence-transformers' mine_hard_negatives filters). ``refresh``: comma-separated refreshers, negminer's names
         (auto: write-back, + fraction when ``refresh_fraction`` > 0; exact: full). ``write_back``: eval |
         train | none. ``cache_size``: rows cached (0: the whole corpus). ``corpus_prompt``: the prompt the
         trainer applies to the positive column, if any (the corpus is tokenised with it). ``seed``: of the
@@ -100,7 +102,8 @@ class NegativeCacheLoss(nn.Module):
         self.corpus = Corpus(corpus, dedupe_text)
         self.corpus_prompt, self.encode_batch_size, self.seed = corpus_prompt, encode_batch_size, seed
         self.cfg = TrainConfig(negatives=sampler, num_negatives=num_negatives, loss="softmax", inbatch=inbatch,
-                               margin=margin, sample_temperature=sample_temperature or 0.0, replacement=replacement,
+                               margin=margin, relative_margin=relative_margin, max_score=max_score,
+                               sample_temperature=sample_temperature or 0.0, replacement=replacement,
                                refresh=",".join(names) or "none", refresh_fraction=refresh_fraction,
                                refresh_order=refresh_order, refresh_every=refresh_every, write_back=write_back,
                                cache_size=cache_size, store_dtype=store_dtype, dedupe_text=dedupe_text,
