@@ -34,9 +34,11 @@ class RunResult:
     config: TrainConfig
 
 
-def make_config(options: dict, config=None, resume: bool = False, max_length: int | None = None) -> TrainConfig:
+def make_config(options: dict, config=None, resume: bool = False, max_length: int | None = None,
+                notes: list | None = None) -> TrainConfig:
     """defaults < the run's saved config (``resume``) < ``config`` (file, dict or TrainConfig) < ``options``;
-    checked option by option and by the rule table (rules.check), as the CLI does."""
+    checked option by option and by the rule table (rules.check), as the CLI does; the table's notes (options
+    no part reads) are appended to ``notes``."""
     from negminer import rules
 
     bad = sorted(set(options) - _NAMES)
@@ -59,7 +61,9 @@ def make_config(options: dict, config=None, resume: bool = False, max_length: in
     if "steps" in flags and "epochs" in flags:
         raise ConfigError("--steps and --epochs: give one (--steps N counts optimiser steps, --epochs E passes "
                           "over the training queries)")
-    rules.check(cfg)
+    found = rules.check(cfg).notes
+    if notes is not None:
+        notes.extend(found)
     from negminer.report import parse_report_to
 
     parse_report_to(cfg.report_to)  # --dry-run and the API refuse an unknown backend too

@@ -75,9 +75,11 @@ def train_config(args) -> TrainConfig:
     from negminer.api import make_config
 
     flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    cfg = make_config(flags, args.config, resume=getattr(args, "resume", False), max_length=args.max_length)
+    notes: list = []
+    cfg = make_config(flags, args.config, resume=getattr(args, "resume", False), max_length=args.max_length,
+                      notes=notes)
     if not cfg.quiet and not getattr(args, "dry_run", False):
-        for note in rules.check(cfg).notes:
+        for note in notes:
             print(f"negminer: note: {note}", file=sys.stderr)
     return cfg
 
