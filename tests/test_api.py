@@ -68,3 +68,11 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "notebook" / "negatives.jsonl").stat().st_size > 0
+
+
+def test_the_api_names_stay_callable_after_their_submodules_are_imported(data, tmp_path):
+    import negminer.mine  # noqa: F401 (the submodules of the same names)
+    import negminer.train.trainer  # noqa: F401
+
+    run = negminer.train(data=str(data), out=str(tmp_path / "r"), **OPTS)
+    assert negminer.mine(run.out / "model", str(data), tmp_path / "n.jsonl", top_k=2).is_file()

@@ -214,3 +214,8 @@ def _save(path: Path, write, obj) -> None:
         write(path, obj)
     except OSError as e:
         raise SaveError(f"{path}: writing failed ({e.strerror or e}); the previous file, if any, is intact") from None
+
+
+from negminer._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "mine")  # negminer.mine(...) is the API's, also once this module is imported
