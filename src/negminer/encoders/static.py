@@ -84,7 +84,8 @@ class StaticTower(nn.Module):
         ``max_length`` (the truncation stored in tokenizer.json) is for ``encode`` / ``encode_document``.
         A StaticEmbedding has no per-task length, so a different ``query_max_length`` (one tower for
         both sides) makes a Router model: the query route is ``query_tokenizer`` (a StaticEmbedding
-        with the query truncation and a zero-width table: it only tokenises) followed by the shared
+        with the query truncation and a one-wide table of zeros: it only tokenises; zero-wide tables break
+        torch's multi-threaded embedding_bag) followed by the shared
         0_StaticEmbedding, which pools the query's tokens; the document route is 0_StaticEmbedding.
         The weights are stored once.
         """
@@ -100,7 +101,7 @@ class StaticTower(nn.Module):
             return
         tok = path / "query_tokenizer"
         tok.mkdir(parents=True, exist_ok=True)
-        save_file({"embedding.weight": weight.new_zeros(weight.shape[0], 0)}, str(tok / "model.safetensors"))
+        save_file({"embedding.weight": weight.new_zeros(weight.shape[0], 1)}, str(tok / "model.safetensors"))
         self.tokenizer.enable_truncation(query_max_length)
         self.tokenizer.save(str(tok / "tokenizer.json"))
         if normalize:
