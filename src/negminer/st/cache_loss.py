@@ -184,12 +184,8 @@ class NegativeCacheLoss(nn.Module):
         anchors, positives = pairs
         self.corpus.index(self._preprocess_corpus, self._pad_id())
         pos_rows = self.corpus.find(token_rows(self._preprocess_corpus(list(positives)), self._pad_id()))
-        missing = [i for i, r in enumerate(pos_rows) if r is None]
-        if missing:
-            raise ValueError(f"{len(missing)} of the {len(pos_rows)} training positives are not in the corpus (the "
-                             f"first: {positives[missing[0]]!r}); NegativeCacheLoss finds each positive in the corpus "
-                             "to exclude it from its negatives: add them, e.g. corpus = list(dict.fromkeys(corpus + "
-                             "train_dataset['positive'])); with prompts, pass corpus_prompt")
+        _require_found(pos_rows, lambda i: positives[i], f"of the {len(pos_rows)} training positives",
+                       "add them, e.g. corpus = list(dict.fromkeys(corpus + train_dataset['positive']))")
         akeys = [_key(r) for r in token_rows(self._preprocess(anchors), self._pad_id())]
         own: dict[bytes, set] = {}
         for k, r in zip(akeys, pos_rows):
@@ -441,12 +437,8 @@ class NegativeCacheLoss(nn.Module):
         their duplicates) and its own positive row."""
         pad = self._pad_id()
         pos_rows = self.corpus.find(token_rows(pos_feats, pad))
-        missing = [i for i, r in enumerate(pos_rows) if r is None]
-        if missing:
-            raise ValueError(f"{len(missing)} positive(s) of this batch are not in the corpus (the first: "
-                             f"{self._text_of(pos_feats, missing[0])!r}); NegativeCacheLoss finds each positive in the "
-                             "corpus to exclude it from its negatives: add every positive of the training (and "
-                             "evaluation) pairs to the corpus; with prompts, pass corpus_prompt")
+        _require_found(pos_rows, lambda i: self._text_of(pos_feats, i), "positive(s) of this batch",
+                       "add every positive of the training (and evaluation) pairs to the corpus")
         others = [set()] * len(pos_rows)
         if self._anchor_positives is not None:
             others = [self._anchor_positives.get(_key(a), set()) for a in token_rows(anchor_feats, pad)]
@@ -541,3 +533,12 @@ def _find_trainer():
             return obj
         f = f.f_back
     return None
+
+
+def _require_found(rows, text, what: str, fix: str) -> None:
+    """ValueError when a positive has no corpus row (it could not be excluded from its own negatives)."""
+    missing = [i for i, r in enumerate(rows) if r is None]
+    if missing:
+        raise ValueError(f"{len(missing)} {what} are not in the corpus (the first: {text(missing[0])!r}); "
+                         f"NegativeCacheLoss finds each positive in the corpus to exclude it from its negatives: "
+                         f"{fix}; with prompts, pass corpus_prompt")
