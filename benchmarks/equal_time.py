@@ -49,7 +49,8 @@ PRESETS = {
     "minilm": dict(data="scifact", encoder="minilm", batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48, warmup=4,
                    stream=256, bank=1024, bank_k=32),
 }
-MINE = dict(skip=10, top_k=200)  # FlagEmbedding's hn_mine default range_for_sampling 10-210
+MINE = dict(skip=10, top_k=200)
+AMP, TRAIN_WB = ["--bf16"], ["--write-back", "train"]  # FlagEmbedding's hn_mine default range_for_sampling 10-210
 
 
 def methods(p) -> dict[str, list[str]]:
@@ -71,6 +72,15 @@ def methods(p) -> dict[str, list[str]]:
         # negatives are drawn from it and used as cached, so they cost no target-tower work at all
         "stream bank": ["--negatives", "cache-stream", "--num-negatives", str(p["bank_k"]), "--cache-size",
                         str(p["bank"]), "--negative-grad", "none", "--write-back", "train"],
+        # bf16 autocast for every forward (--bf16; "bf16" above is the store's dtype), and the cheap cache steps
+        # of #28: write-back of the training forward's embeddings (no eval-mode re-encode), fewer negatives
+        "inbatch amp": AMP,
+        "cache amp": [*cache, *AMP, *TRAIN_WB],
+        "cache k/2 amp": ["--negatives", "cache", "--num-negatives", str(p["k"] // 2), "--refresh-fraction", "0",
+                          *AMP, *TRAIN_WB],
+        "cache k1 amp": ["--negatives", "cache", "--num-negatives", "1", "--refresh-fraction", "0.005", *AMP, *TRAIN_WB],
+        "cache grad-none amp": [*k, "--negatives", "cache", "--refresh-fraction", "0.005", "--negative-grad", "none",
+                                *AMP, *TRAIN_WB],
     }
 
 
@@ -95,7 +105,7 @@ def run_row(preset, method, budget, seed, tmp, eval_every) -> dict:
     """One row; commands are relative to the repository root (runs/equal_time/ is git-ignored)."""
     p = PRESETS[preset]
     data = os.path.relpath(SHARED_DATA / p["data"], REPO)
-    out = Path(tmp) / f"{preset}-{method}-{budget}-{seed}".replace(" ", "_").replace("+", "_")
+    out = Path(tmp) / f"{preset}-{method}-{budget}-{seed}".replace(" ", "_").replace("+", "_").replace("/", "-")
     extra, cmds, mine_s = list(methods(p)[method]), [], 0.0
     if method == "mine-once":
         neg = Path(tmp) / f"mined-{preset}.jsonl"

@@ -14,6 +14,9 @@ steps, then ``--steps`` timed steps. Per contender: median, min and max steps/s 
 negminer's ratio to each other contender from the medians and from the bests. Every row of the
 JSON records the git commit and the command line that reproduces it.
 
+Every contender runs in each of --precisions (default fp32,bf16): fp32, then bf16 autocast for all alike
+(negminer --bf16, the Trainer's bf16=True, torch.autocast around the bare loop's loss).
+
     python benchmarks/throughput.py [--steps 20] [--repeats 5] [--contenders negminer,st-loop]
                                     [--threads N] [--batch-size 32] [--max-length 32]
 
@@ -46,7 +49,7 @@ def _config(args, out: str, steps: int):
 
     return TrainConfig(data="", out=out, encoder="minilm", batch_size=args.batch_size, steps=steps, lr=2e-5,
                        query_max_length=args.max_length, target_max_length=args.max_length, seed=args.seed,
-                       quiet=True, device="cpu")
+                       quiet=True, device="cpu", bf16=args.precision == "bf16")
 
 
 def negminer_pairs(dataset, args, n_steps: int) -> list[tuple[str, str]]:
@@ -124,7 +127,7 @@ def run_st_trainer(dataset, pairs, args) -> list[float]:
         targs = SentenceTransformerTrainingArguments(
             output_dir=tmp, per_device_train_batch_size=args.batch_size, max_steps=args.steps + args.warmup,
             learning_rate=2e-5, warmup_ratio=0.1, save_strategy="no", report_to=[], logging_steps=10_000,
-            dataloader_drop_last=True, seed=args.seed, disable_tqdm=True, use_cpu=True)
+            dataloader_drop_last=True, seed=args.seed, disable_tqdm=True, use_cpu=True, bf16=args.precision == "bf16")
         tr = InOrder(model=model, args=targs, train_dataset=data, loss=MultipleNegativesRankingLoss(model),
                      callbacks=[Clock()])
         tr.train()
@@ -144,7 +147,8 @@ def run_st_loop(dataset, pairs, args) -> list[float]:
     def step(s):
         chunk = pairs[s * b:(s + 1) * b]
         feats = [model.tokenize([q for q, _ in chunk]), model.tokenize([p for _, p in chunk])]
-        loss = loss_fn(feats, None)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = loss_fn(feats, None)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -185,7 +189,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="comma-separated: fp32 and/or bf16 (autocast for every contender alike)")
     args = ap.parse_args(argv)
+    precisions = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        ap.error("--precisions takes fp32 and/or bf16")
+    args.precision = precisions[0]
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         ap.error("--steps, --warmup and --repeats must be at least 1")
     if args.threads:
@@ -196,34 +206,38 @@ def main(argv=None) -> int:
 
     ds = load_dataset(args.data)
     pairs = negminer_pairs(ds, args, args.steps + args.warmup)
-    times = {c: [] for c in args.contenders}
-    for r in range(args.repeats):
-        for c in args.contenders:  # interleaved: A B C A B C ...
-            gc.collect()
-            times[c].append(RUNNERS[c](ds, pairs, args))
-        print(f"repeat {r + 1}/{args.repeats}: "
-              + "  ".join(f"{c} {args.steps / sum(v[-1]):.3f}" for c, v in times.items()) + " steps/s", flush=True)
-
-    stats = {c: summarise(v, args.steps) for c, v in times.items()}
-    ratios = {}
-    if "negminer" in stats:
-        ref = stats["negminer"]
-        ratios = {c: {"from_medians": round(ref["median"] / s["median"], 3),
-                      "from_bests": round(ref["max"] / s["max"], 3)} for c, s in stats.items() if c != "negminer"}
-    rows = [{"contender": c, **s, "negminer_over_it": ratios.get(c), **prov} for c, s in stats.items()]
+    rows, ratios = [], {}
+    for precision in precisions:
+        args.precision = precision
+        times = {c: [] for c in args.contenders}
+        for r in range(args.repeats):
+            for c in args.contenders:  # interleaved: A B C A B C ...
+                gc.collect()
+                times[c].append(RUNNERS[c](ds, pairs, args))
+            print(f"{precision} repeat {r + 1}/{args.repeats}: "
+                  + "  ".join(f"{c} {args.steps / sum(v[-1]):.3f}" for c, v in times.items()) + " steps/s", flush=True)
+        stats = {c: summarise(v, args.steps) for c, v in times.items()}
+        if "negminer" in stats:
+            ref = stats["negminer"]
+            ratios[precision] = {c: {"from_medians": round(ref["median"] / s["median"], 3),
+                                     "from_bests": round(ref["max"] / s["max"], 3)}
+                                 for c, s in stats.items() if c != "negminer"}
+        rows += [{"contender": c, "precision": precision, **s, "negminer_over_it": ratios.get(precision, {}).get(c),
+                  **prov} for c, s in stats.items()]
 
     print(f"\n{args.repeats} repeats x {args.steps} steps, torch threads {torch.get_num_threads()}")
-    print("| contender | steps/s median | min | max | ms/step (median step) | negminer / it (medians) | (bests) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| precision | contender | steps/s median | min | max | ms/step (median step) | negminer / it (medians) | (bests) |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         rt = row["negminer_over_it"] or {}
-        print(f"| {row['contender']} | {row['median']:.3f} | {row['min']:.3f} | {row['max']:.3f} | "
+        print(f"| {row['precision']} | {row['contender']} | {row['median']:.3f} | {row['min']:.3f} | {row['max']:.3f} | "
               f"{row['step_ms_median']:.0f} | {rt.get('from_medians', '-')} | {rt.get('from_bests', '-')} |")
     out = write_result("throughput", {
         **prov, "setup": {"model": "all-MiniLM-L6-v2", "data": args.data, "batch_size": args.batch_size,
                   "max_length": args.max_length, "steps": args.steps, "warmup": args.warmup,
                   "repeats": args.repeats, "contenders": args.contenders, "order": "interleaved",
-                  "same_batches": True, "torch_threads": torch.get_num_threads(), "device": "cpu"},
+                  "precisions": precisions, "same_batches": True, "torch_threads": torch.get_num_threads(),
+                  "device": "cpu"},
         "rows": rows, "ratios": ratios})
     print(f"wrote {out}")
     return 0
