@@ -12,11 +12,14 @@ sentence-transformers' MultipleNegativesRankingLoss and FlagEmbedding do; the mi
 from the budget); the negative cache (1% refreshed per step); the cache with shared negatives; the
 cache with --negative-grad none; the streaming cache; the combination of the last two ideas; and the
 streaming cache as a memory bank (XBM, MoCo: recent positives' embeddings as they were computed in
-training, 32 negatives per query drawn from them with no target-tower work).
+training, 32 negatives per query drawn from them with no target-tower work). Rows named "... amp" run
+every forward under bf16 autocast (--bf16) and are also tested against "inbatch amp"; "cache k/2 amp"
+is the cheap cache step of #28 (k/2 negatives, write-back of the training forward, no extra refresh).
 Constant learning rate after a fixed warm-up for all (a time budget has no known last step).
 
     python benchmarks/equal_time.py --preset static --budgets 60 180 --seeds 0
     python benchmarks/equal_time.py --preset minilm --budgets 120 --seeds 0 1 2 --methods inbatch mine-once
+    python benchmarks/equal_time.py --preset minilm --budgets 120 --seeds 0 1 2 --curve-points 0 --methods "inbatch amp" "cache k/2 amp"
     python benchmarks/equal_time.py --redraw     # table, paired tests and plot from the JSON
 
 Writes benchmarks/results/equal_time.json (rows, paired tests), equal_time.md, equal_time.png, and
@@ -162,11 +165,11 @@ def paired_tests(rows) -> list[dict]:
             str(RESULTS.parent.parent / r["run_dir"]))
     out = []
     for (enc, data, budget), by in sorted(groups.items()):
-        for base in ("inbatch", "mine-once"):
+        for base in ("inbatch", "mine-once", "inbatch amp"):  # bf16-autocast rows also against in-batch in bf16
             if base not in by:
                 continue
             for m, runs in by.items():
-                if m == base or len(runs) != len(by[base]):
+                if m == base or len(runs) != len(by[base]) or (base == "inbatch amp" and not m.endswith(" amp")):
                     continue
                 for c in compare([",".join(sorted(by[base])), ",".join(sorted(runs))], ("recall@10", "ndcg@10")):
                     out.append({"encoder": enc, "data": data, "budget_s": budget, "baseline": base, "method": m,
