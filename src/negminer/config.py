@@ -135,8 +135,8 @@ class TrainConfig:
     on_nan: str = field(default="stop", metadata={"help": "a non-finite or exploding loss or gradient (see "
                         "--divergence-factor): stop (exit 3, last checkpoint kept) | skip the step"})
     divergence_factor: float = field(default=100.0, metadata={"help": "stop (or skip, per --on-nan) a step whose "
-                                     "gradient norm, or loss (also 10 above), is this many times its running median "
-                                     "(last 50 steps, from step 10 on); stop when a step scales the weights' norm by "
+                                     "gradient norm is this many times the largest of the last 50 steps', or whose loss "
+                                     "is this many times (and 10 above) their median (from step 10 on); stop when a step scales the weights' norm by "
                                      "more than this factor (0: non-finite values only)"})
     max_skipped: float = field(default=0.1, metadata={"help": "--on-nan skip: stop (exit 3) once more than this "
                                "fraction of the steps so far were skipped (from 5 skipped steps on)"})
