@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -44,26 +45,9 @@ def train_step(tr, step: int) -> StepResult | None:
     micro = mem.micro_batches(idx, pos_rows)
     parts, total = [], 0.0
     for j, (mi, mp) in enumerate(micro):
-        q = enc.queries(mi, cached=mem.cached)
-        tr.batcher.record(mi, q.emb)
-        if tr.sampler.all_targets:
-            e = enc.all_targets(tr.dataset.num_targets, tr.cfg.chunk_size or tr.cfg.eval_batch_size)
-            batch = tr.make_batch(step, mi, mp, e.emb[torch.as_tensor(mp)])
-            kw, embedded, piece = all_inputs(tr.loss_fn, q.emb, tr.model.logit_scale(), batch, e.emb), [q, e], {}
-            p_emb, draw = e.emb[torch.as_tensor(mp)], Draw.empty(len(mi))
-        else:
-            p = enc.targets(mp, cached=mem.cached, phase="target_encode_pos")
-            batch = tr.make_batch(step, mi, mp, p.emb, j if len(micro) > 1 else 0)
-            with tr.phases("sample"):
-                draw = tr.sampler.sample(q.emb.detach(), batch, tr.store) if tr.sampler.k else Draw.empty(len(mi))
-            neg, n, piece = _negatives(tr, draw, q.emb.device, mem.cached)
-            b = len(mi)
-            with tr.phases("loss_backward"):
-                kw = loss_inputs(tr.loss_fn, q.emb, p.emb, tr.model.logit_scale(), batch, draw, neg, tr.cfg.inbatch,
-                                 lambda rows, queries=None: tr.batcher.log_batch_count(rows, queries, size=b),
-                                 share=tr.cfg.share_negatives)
-                kw = mem.extend(kw, batch, tr.dataset.num_targets)
-            embedded, p_emb = [q, p] + ([n] if n is not None else []), p.emb
+        plain = not (mem.cached or tr.sampler.all_targets)  # GradCache's first pass has no gradient
+        with tr.cast_scope() if plain else nullcontext():
+            q, batch, kw, embedded, p_emb, draw, piece = _forward(tr, step, j, len(micro), mi, mp)
         with tr.phases("loss_backward"):
             loss = tr.loss_fn(**kw)
             if not torch.isfinite(loss):
@@ -85,6 +69,30 @@ def train_step(tr, step: int) -> StepResult | None:
     result = _merge(tr, step, idx, pos_rows, parts, total)
     tr.update_store(step, result)
     return result
+
+
+def _forward(tr, step: int, j: int, n_micro: int, mi, mp):
+    """Micro-batch j's embeddings (with a graph, or cached leaves), its draw and the loss inputs."""
+    mem, enc = tr.memory, tr.encoding
+    q = enc.queries(mi, cached=mem.cached)
+    tr.batcher.record(mi, q.emb)
+    if tr.sampler.all_targets:
+        e = enc.all_targets(tr.dataset.num_targets, tr.cfg.chunk_size or tr.cfg.eval_batch_size)
+        batch = tr.make_batch(step, mi, mp, e.emb[torch.as_tensor(mp)])
+        kw = all_inputs(tr.loss_fn, q.emb, tr.model.logit_scale(), batch, e.emb)
+        return q, batch, kw, [q, e], e.emb[torch.as_tensor(mp)], Draw.empty(len(mi)), {}
+    p = enc.targets(mp, cached=mem.cached, phase="target_encode_pos")
+    batch = tr.make_batch(step, mi, mp, p.emb, j if n_micro > 1 else 0)
+    with tr.phases("sample"):
+        draw = tr.sampler.sample(q.emb.detach(), batch, tr.store) if tr.sampler.k else Draw.empty(len(mi))
+    neg, n, piece = _negatives(tr, draw, q.emb.device, mem.cached)
+    b = len(mi)
+    with tr.phases("loss_backward"):
+        kw = loss_inputs(tr.loss_fn, q.emb, p.emb, tr.model.logit_scale(), batch, draw, neg, tr.cfg.inbatch,
+                         lambda rows, queries=None: tr.batcher.log_batch_count(rows, queries, size=b),
+                         share=tr.cfg.share_negatives)
+        kw = mem.extend(kw, batch, tr.dataset.num_targets)
+    return q, batch, kw, [q, p] + ([n] if n is not None else []), p.emb, draw, piece
 
 
 def _negatives(tr, draw: Draw, device, cached: bool):

@@ -184,6 +184,13 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.bf16 else nullcontext()
 
+    def cast_scope(self):
+        """Around a micro-batch's forward passes with gradient: autocast's cache of bf16 weight copies lives
+        until the outermost autocast context exits, so inside this (disabled) one the weights are cast once for
+        the queries, positives and negatives instead of once per encode (4% of a bf16 step with MiniLM on 2 CPU
+        cores). Nothing without gradient may run inside: a cast cached under no_grad would carry no gradient."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=False) if self.cfg.bf16 else nullcontext()
+
     def encode_rows(self, rows, step: int) -> torch.Tensor:
         """Re-encode store rows without gradient (eval mode, the training autocast); counted. Under torchrun
         each rank encodes its share of every chunk and the shares are gathered into every rank's store."""
@@ -437,8 +444,11 @@ class Trainer:
         self.model.train()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=quiet, desc="train", unit="step",
-                   dynamic_ncols=True)
+        budget = cfg.time_budget  # with a time budget the bar counts seconds of training, the step in its postfix
+        bar = (tqdm(total=budget, initial=min(self.seconds, budget), disable=quiet, desc="train", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}{postfix}]")
+               if budget else tqdm(total=self.total_steps, initial=self.step, disable=quiet, desc="train",
+                                   unit="step", dynamic_ncols=True))
         self._next_eval_s = (self.seconds // cfg.eval_every_seconds + 1) * cfg.eval_every_seconds if cfg.eval_every_seconds else 0
         self._saved_at = time.monotonic()  # wall time, not the injected training clock
         t0 = self.clock() - self.seconds
@@ -448,8 +458,8 @@ class Trainer:
                 loss = self.train_step(self.step)
                 self.step += 1
                 self.seconds = self.dist.agree(self.clock() - t0)  # rank 0's clock decides budgets and evals
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(min(self.seconds, budget) - bar.n if budget else 1)
+                bar.set_postfix(step=self.step, loss=f"{loss:.4f}") if budget else bar.set_postfix(loss=f"{loss:.4f}")
                 row = None
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
                     row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
