@@ -5,7 +5,6 @@ would silently drop it)."""
 from contextlib import nullcontext
 
 import pytest
-import torch
 
 from negminer.config import resolve
 from negminer.train.trainer import Trainer

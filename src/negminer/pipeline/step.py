@@ -41,7 +41,7 @@ def train_step(tr, step: int) -> StepResult | None:
         tr.batcher.prepare(step, tr.encode_training_queries, tr.dist)
     torch.manual_seed(tr.cfg.seed * 1_000_003 + step + 7_777_777 * tr.dist.rank)  # dropout: (step, rank)
     idx, pos_rows = tr.batch_rows(step)
-    mem, enc = tr.memory, tr.encoding
+    mem = tr.memory
     micro = mem.micro_batches(idx, pos_rows)
     parts, total = [], 0.0
     for j, (mi, mp) in enumerate(micro):
