@@ -199,3 +199,85 @@ def test_kernel_gives_the_same_draws_and_noise_on_any_number_of_threads():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_softmax_pass_draws_follow_k_q_with_exclusions_and_exact_log_z(dtype):
+    """The fused softmax pass (draws with replacement, log Z at a second scale for the loss): uneven chunks,
+    excluded pairs (a query's best row among them), a row whose only mass sits in one chunk, watched pairs
+    recorded before the exclusions; counts follow softmax, log Z equals logsumexp over what is left."""
+    g = torch.Generator().manual_seed(20)
+    b, m, k = 4, 203, 3
+    scores = (torch.randn(b, m, generator=g) * 0.2).to(dtype)
+    scores[3, :150] = -math.inf                         # row 3: all its mass in the last chunk(s)
+    ex_q = torch.tensor([0, 1, 2, 0, 2])
+    ex_p = torch.cat([scores[:3].float().argmax(1), torch.tensor([60, 61])])
+    o = ex_p.argsort()
+    ex_q, ex_p = ex_q[o], ex_p[o]
+    watch = (torch.tensor([0, 1, 0]), torch.tensor([5, 70, 71]))
+    allowed = scores.float().clone()
+    allowed[ex_q, ex_p] = -math.inf
+    counts = torch.zeros(b, m)
+    for r in range(1500):
+        acc = ReplacementStream(b, k, torch.Generator().manual_seed(r), scale=10.0, log_z_scales=(20.0,), watch=watch)
+        for s in range(0, m, 64):
+            lo, hi = torch.searchsorted(ex_p, torch.tensor([s, s + 64])).tolist()
+            acc.add(scores[:, s:s + 64].clone(), s, 10.0, pairs=(ex_q[lo:hi], ex_p[lo:hi]))
+        pos, log_pi, mask = acc.result()
+        assert acc.seed is not None and not mask.any()  # the kernel path ran
+        counts.scatter_add_(1, pos, torch.ones_like(pos, dtype=torch.float))
+    assert counts[ex_q, ex_p].sum() == 0 and counts[3, :150].sum() == 0
+    assert torch.allclose(acc.log_z[10.0], (allowed * 10).logsumexp(1), atol=2e-5)
+    assert torch.allclose(acc.log_z[20.0], (allowed * 20).logsumexp(1), atol=2e-5)
+    assert torch.allclose(log_pi, math.log(k) + allowed.gather(1, pos) * 10 - acc.log_z[10.0].unsqueeze(1), atol=1e-4)
+    assert torch.equal(acc.watched, scores[watch[0], watch[1]].float() * 10)
+    def pvalue(c, p):  # chi-square with the cells expected below 5 pooled into one
+        e = p * c.sum()
+        small = e < 5
+        return chisquare(np.append(c[~small], c[small].sum()), np.append(e[~small], e[small].sum())).pvalue
+
+    p = (allowed * 10).double().softmax(-1).numpy()
+    for i in range(b):
+        assert pvalue(counts[i].numpy(), p[i]) > 0.001, i
+    # power: the same counts against a softmax at another temperature are rejected
+    assert pvalue(counts[0].numpy(), (allowed[0] * 8).double().softmax(-1).numpy()) < 1e-6
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+def test_kernel_log_z_mode_of_the_top_k_pass_matches_torch(monkeypatch):
+    """The top-k pass asked for log Z (the log-Z loss): the kernel's running log Z equals the torch ops'."""
+    scores = torch.randn(64, 9000, generator=torch.Generator().manual_seed(21)).to(torch.bfloat16)
+
+    def run():
+        acc = TopKStream(64, 8, torch.Generator().manual_seed(22), log_z_scales=(20.0, 5.0))
+        for s in range(0, 9000, 4096):  # 64 x 4,096: split over threads
+            acc.add(scores[:, s:s + 4096].clone(), s, 20.0)
+        return acc.log_z
+
+    a = run()
+    monkeypatch.setattr(kernel, "get", lambda: None)
+    b = run()
+    for s in (20.0, 5.0):
+        assert torch.allclose(a[s], b[s], atol=1e-4) and torch.allclose(a[s], (scores.float() * s).logsumexp(1), atol=1e-4)
+
+
+@pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
+def test_kernel_draws_with_replacement_do_not_depend_on_the_threads():
+    scores = torch.randn(64, 9000, generator=torch.Generator().manual_seed(23)).to(torch.bfloat16)
+
+    def run():
+        acc = ReplacementStream(64, 16, torch.Generator().manual_seed(24), scale=20.0)
+        for s in range(0, 9000, 4096):
+            acc.add(scores[:, s:s + 4096].clone(), s)
+        return acc.result()
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        a = run()
+        torch.set_num_threads(1)
+        b = run()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -160,3 +160,100 @@ void gumbel_fill(float *out, int64_t n, uint64_t seed) {
         out[i] = -log_pos(-log_pos(u));
     }
 }
+
+/* The softmax of a chunk, fused (see ReplacementStream in gumbel.py): for each row b, with
+ * x_j = scale * s[b, j] (-inf and NaN scores have no mass), the chunk's log-mass lz_c = logsumexp_j x_j is folded into logz[b]; then,
+ * when K > 0, each of the row's K slots takes a draw from this chunk's softmax with probability
+ * exp(lz_c - logz_new) (weighted reservoir sampling over chunks: after the pass, every slot holds an
+ * independent draw from the softmax over all chunks). work: [B, c] floats. Uniforms come from
+ * splitmix64 of (seed, row, start, slot), so the draws do not depend on the threads. */
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline float unif(uint64_t seed, int64_t b, int64_t start, int64_t m) {
+    uint64_t z = mix64(seed + (uint64_t)(b + 1) * 0x9E3779B97F4A7C15ull);
+    z = mix64(z + (uint64_t)(start + 1) * 0xD1B54A32D192ED03ull);
+    z = mix64(z + (uint64_t)(m + 1) * 0x8CB92BA72F3D8DD7ull);
+    return ((float)(uint32_t)(z >> 40) + 0.5f) * 5.9604644775390625e-8f;
+}
+
+/* exp(x) for x <= 0 (Cephes expf, relative error ~2e-7), 0 below -87 and for -inf; branch-free so the
+ * loop vectorises. */
+static inline float exp_neg(float x) {
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t e = (int32_t)(n > -126.0f ? n : -126.0f) + 127;
+    uint32_t bits = (uint32_t)e << 23;
+    float two;
+    memcpy(&two, &bits, 4);
+    return x > -87.0f ? p * two : 0.0f;
+}
+
+#define SOFTMAX_LOOP(LOAD)                                                                 \
+    _Pragma("omp parallel for schedule(static) if (B * c >= PAR_MIN)")                     \
+    for (int64_t b = 0; b < B; b++) {                                                      \
+        float *w = work + b * c, mx = -INFINITY;                                           \
+        _Pragma("omp simd reduction(max : mx)")                                            \
+        for (int64_t j = 0; j < c; j++) {                                                  \
+            float x = scale * LOAD(b, j);                                                  \
+            x = x != x ? -INFINITY : x;                                                    \
+            w[j] = x;                                                                      \
+            mx = x > mx ? x : mx;                                                          \
+        }                                                                                  \
+        if (mx == -INFINITY) continue;                                                     \
+        float sum = 0.0f;                                                                  \
+        _Pragma("omp simd reduction(+ : sum)")                                             \
+        for (int64_t j = 0; j < c; j++) {                                                  \
+            float e = exp_neg(w[j] - mx);                                                  \
+            w[j] = e;                                                                      \
+            sum += e;                                                                      \
+        }                                                                                  \
+        float lzc = mx + logf(sum), old = logz[b];                                         \
+        float hi = old > lzc ? old : lzc, lo = old > lzc ? lzc : old;                      \
+        float lzn = hi + log1pf(expf(lo - hi));                                            \
+        logz[b] = lzn;                                                                     \
+        if (K == 0) continue;                                                              \
+        float take = expf(lzc - lzn), us[K];                                               \
+        int slot[K], t = 0;                                                                \
+        for (int m = 0; m < K; m++) {                                                      \
+            if (unif(seed, b, start, 2 * m) >= take) continue;                             \
+            float u = unif(seed, b, start, 2 * m + 1) * sum;                               \
+            int i = t++;                                                                   \
+            while (i > 0 && us[i - 1] > u) { us[i] = us[i - 1]; slot[i] = slot[i - 1]; i--; } \
+            us[i] = u;                                                                     \
+            slot[i] = m;                                                                   \
+        }                                                                                  \
+        float acc = 0.0f;                                                                  \
+        int i = 0;                                                                         \
+        int64_t last = -1;                                                                 \
+        for (int64_t j = 0; j < c && i < t; j++) {                                         \
+            if (w[j] <= 0.0f) continue;                                                    \
+            acc += w[j];                                                                   \
+            last = j;                                                                      \
+            for (; i < t && us[i] < acc; i++) {                                            \
+                pos[b * K + slot[i]] = start + j;                                          \
+                lg[b * K + slot[i]] = scale * LOAD(b, j);                                  \
+            }                                                                              \
+        }                                                                                  \
+        for (; i < t; i++) { /* rounding: u * sum at or above the running sum's last value */ \
+            pos[b * K + slot[i]] = start + last;                                           \
+            lg[b * K + slot[i]] = scale * LOAD(b, last);                                   \
+        }                                                                                  \
+    }
+
+void softmax_stream_bf16(const uint16_t *s, int64_t B, int64_t c, int64_t ld, float scale, float *logz, int K, int64_t *pos, float *lg, int64_t start, uint64_t seed, float *work) {
+    SOFTMAX_LOOP(LOAD_BF16)
+}
+
+void softmax_stream_f32(const float *s, int64_t B, int64_t c, int64_t ld, float scale, float *logz, int K, int64_t *pos, float *lg, int64_t start, uint64_t seed, float *work) {
+    SOFTMAX_LOOP(LOAD_F32)
+}

@@ -119,10 +119,28 @@ class _Stream:
             return self.watch_span
         return tuple(torch.searchsorted(self.watch[1], torch.tensor([start, start + c], device=self.watch[1].device)).tolist())
 
+    def _kernel_mark(self, scores, start, scale, pairs) -> bool:
+        wq, wp, out = _NO_ROWS, _NO_ROWS, _NO_VALUES
+        if self.watch is not None:
+            lo, hi = self._watch_span(start, scores.shape[1])
+            wq, wp, out = self.watch[0][lo:hi], self.watch[1][lo:hi], self.watched[lo:hi]
+        xq, xp = pairs if pairs is not None else (_NO_ROWS, _NO_ROWS)
+        return kernel.mark(scores, start, scale, wq, wp, out, xq, xp)
+
+    def _fused(self, scores, start, scale, pairs, dense, over, skip=None) -> bool:
+        """Watched logits, exclusions and each log Z (but ``skip``'s) of this chunk in the compiled kernels
+        (a margin or dense exclusions: False, the torch ops do it)."""
+        if dense is not None or over is not None or scores.device.type != "cpu" or kernel.get() is None:
+            return False
+        if not self._kernel_mark(scores, start, scale, pairs):
+            return False
+        work = self.buffer("work", scores.shape[1])
+        return all(kernel.softmax_chunk(scores, s, acc, work) for s, acc in self.log_z.items() if s != skip)
+
     def _common(self, scores, start, pairs, dense, over, scale, skip=None):
         for s, acc in self.log_z.items():
             if s != skip:
-                x = torch.mul(scores, s, out=self.buffer("lse", scores.shape[1]))
+                x = self.buffer("lse", scores.shape[1]).copy_(scores).mul_(s)  # in fp32: bf16 logits are 0.25 apart at 60
                 lz = self._mask(x, start, pairs, dense, over, scores).logsumexp(1)
                 torch.logaddexp(acc, lz, out=acc)
         if self.watch is not None:
@@ -183,8 +201,7 @@ class TopKStream(_Stream):
         c = scores.shape[1]
         flat, stride = self._noise(start, c)
         if kernel.get() is not None and scores.device.type == "cpu":
-            plain = not self.log_z and dense is None and over is None
-            if not (plain and self._kernel_mark(scores, start, scale, pairs)):  # else watched + exclusions in C
+            if not self._fused(scores, start, scale, pairs, dense, over):
                 self._common(scores, start, pairs, dense, over, scale)
                 self._mask(scores, start, pairs, dense, over, scores)
             if kernel.topk_chunk(scores, flat, stride, scale, start, self.keys, self.pos, self.logits):
@@ -205,14 +222,6 @@ class TopKStream(_Stream):
         self.keys[hit] = best
         self.logits[hit] = torch.cat([self.logits[hit], lg], 1).gather(1, o)
         self.pos[hit] = torch.cat([self.pos[hit], j + start], 1).gather(1, o)
-
-    def _kernel_mark(self, scores, start, scale, pairs) -> bool:
-        wq, wp, out = _NO_ROWS, _NO_ROWS, _NO_VALUES
-        if self.watch is not None:
-            lo, hi = self._watch_span(start, scores.shape[1])
-            wq, wp, out = self.watch[0][lo:hi], self.watch[1][lo:hi], self.watched[lo:hi]
-        xq, xp = pairs if pairs is not None else (_NO_ROWS, _NO_ROWS)
-        return kernel.mark(scores, start, scale, wq, wp, out, xq, xp)
 
     def merge(self, d) -> None:
         """Under torchrun each rank streamed its shard of the candidates (noise from ``pass_noise`` with lo, hi):
@@ -247,15 +256,21 @@ class ReplacementStream(_Stream):
 
     def __init__(self, b, k, generator=None, device=None, scale: float = 1.0, log_z_scales=(), **kw):
         super().__init__(b, k, generator, device, log_z_scales=tuple({scale, *log_z_scales}), **kw)
-        self.scale = scale
+        self.scale, self.seed = scale, None
         self.pos = torch.zeros((b, k), dtype=torch.long, device=self.device)
         self.logits = torch.full((b, k), NEG_INF, device=self.device)
 
     def add(self, scores, start=0, scale=None, pairs=None, dense=None, over=None):
         scale = self.scale if scale is None else scale
+        if scale == self.scale and self._fused(scores, start, scale, pairs, dense, over, skip=scale):
+            if self.seed is None:  # one draw from the generator per pass; the kernel hashes (seed, row, start, slot)
+                self.seed = int(torch.randint(0, 2**62, (1,), generator=self.g, device=self.g.device if self.g else None))
+            if kernel.softmax_chunk(scores, scale, self.log_z[scale], self.buffer("work", scores.shape[1]), start,
+                                    self.seed, self.pos, self.logits):
+                return
         self._common(scores, start, pairs, dense, over, scale, skip=scale)
         c = scores.shape[1]
-        logits = self._mask(torch.mul(scores, scale, out=self.buffer("logits", c)), start, pairs, dense, over, scores)
+        logits = self._mask(self.buffer("logits", c).copy_(scores).mul_(scale), start, pairs, dense, over, scores)
         lz = logits.logsumexp(1, keepdim=True)                       # [B, 1] chunk mass
         before = self.log_z[scale].clone()
         torch.logaddexp(self.log_z[scale], lz.squeeze(1), out=self.log_z[scale])

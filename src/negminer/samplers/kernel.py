@@ -1,4 +1,5 @@
-"""The fused CPU top-k kernel (``_topk_stream.c``), compiled on first use with the system C compiler.
+"""The fused CPU kernels (``_topk_stream.c``: the running top-k of a pass, and a chunk's softmax for log Z
+and draws with replacement), compiled on first use with the system C compiler.
 
 Why C: on a CPU with bf16 matrix units the score matmul at d = 128 costs less than two separate
 torch passes over its [B, c] output (a mixed-dtype add and a topk), or than torch's CPU generator
@@ -93,6 +94,11 @@ def _build() -> ctypes.CDLL:
         fn.argtypes = [ptr, i64, i64, f32, ptr, ptr, i64, ptr, ptr, ptr, i64]
         fn.restype = None
     lib.marks = {torch.bfloat16: lib.mark_bf16, torch.float32: lib.mark_f32}
+    for name in ("softmax_stream_bf16", "softmax_stream_f32"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ptr, i64, i64, i64, f32, ptr, ctypes.c_int, ptr, ptr, i64, ctypes.c_uint64, ptr]
+        fn.restype = None
+    lib.softmaxes = {torch.bfloat16: lib.softmax_stream_bf16, torch.float32: lib.softmax_stream_f32}
     lib.gumbel_fill.argtypes = [ptr, i64, ctypes.c_uint64]
     lib.gumbel_fill.restype = None
     return lib
@@ -146,6 +152,28 @@ def mark(scores: torch.Tensor, start: int, scale: float, watch_q: torch.Tensor, 
         return False
     lib.marks[scores.dtype](scores.data_ptr(), scores.stride(0), start, scale, watch_q.data_ptr(), watch_p.data_ptr(),
                             len(watch_q), out.data_ptr(), excl_q.data_ptr(), excl_p.data_ptr(), len(excl_q))
+    return True
+
+
+def softmax_chunk(scores: torch.Tensor, scale: float, log_z: torch.Tensor,
+                  work: torch.Tensor, start: int = 0, seed: int = 0, pos: torch.Tensor | None = None,
+                  logits: torch.Tensor | None = None) -> bool:
+    """Fold one chunk's softmax (scale x scores; -inf: no mass) into the running ``log_z`` [B] in place;
+    with ``pos``/``logits`` [B, K], each slot takes a draw from the chunk with probability Z_chunk / Z
+    (weighted reservoir sampling; uniforms a function of ``seed``, row, ``start`` and slot). ``work``:
+    a float32 [B, c] scratch. False if the kernel cannot take these tensors."""
+    lib = get()
+    if lib is None or scores.device.type != "cpu" or scores.dtype not in (torch.bfloat16, torch.float32):
+        return False
+    b, c = scores.shape
+    k = 0 if pos is None else pos.shape[1]
+    outs = [log_z, work] + ([] if pos is None else [pos, logits])
+    if scores.stride(1) != 1 or work.numel() < b * c or not all(t.is_contiguous() for t in outs) or any(
+            t.dtype != torch.float32 for t in (log_z, work)) or (pos is not None and pos.dtype != torch.long):
+        return False
+    lib.softmaxes[scores.dtype](scores.data_ptr(), b, c, scores.stride(0), scale, log_z.data_ptr(), k,
+                                None if pos is None else pos.data_ptr(), None if logits is None else logits.data_ptr(),
+                                start, seed % 2**64, work.data_ptr())
     return True
 
 
