@@ -20,6 +20,7 @@ SAMPLERS = {  # name -> TrainConfig options
     "prefilter": {"negatives": "cache", "prefilter_top": 64},
     "cache-stream": {"negatives": "cache-stream", "cache_size": 300},
     "tree": {"negatives": "tree", "tree_beam": 2, "tree_leaf_size": 16},
+    "tree-proposal": {"negatives": "tree", "tree_beam": 2, "tree_leaf_size": 16, "tree_mode": "proposal"},
     "mined": {"negatives": "mined"},
 }
 AXES = {

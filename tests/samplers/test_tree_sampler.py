@@ -89,3 +89,40 @@ def test_loose_bounds_fall_back_to_one_exact_pass():
     assert s.last_stats["tree_fallback"] == 1 and d.ids.shape == (2, 64) and not bool(d.mask.any())
     assert 0 not in d.ids[0].tolist() and 5 not in d.ids[0].tolist() and 300 not in d.ids[1].tolist()
     assert bool(torch.isfinite(d.log_pi).all())
+
+
+def test_proposal_mode_draws_follow_its_exact_q_and_the_estimate_of_z_is_unbiased():
+    """--tree-mode proposal: the draws follow Q (leaf by centroid mass, the beam's leaves by exact mass, a row
+    within the leaf exactly), log pi is log k Q_j exactly (so sum exp(s - log pi) is unbiased for Z), Q sums to
+    one over the usable rows and is 0 on excluded ones, and no step falls back to a full pass; spread clusters
+    (loose bounds) and a leaf whose every row is excluded for one query."""
+    E, store, s = setup(beam=2, seed=2)
+    s.mode = "proposal"
+    leaf = s.tree.leaf_of
+    full = s.tree.members[int(leaf[7])]
+    ex = [set(full[full >= 0].tolist()) | {7}, {300}]     # query 0: its positive's whole leaf excluded
+    q = E[[7, 300]] * 1.0
+    counts, zs = torch.zeros(2, len(E)), []
+    for step in range(150):
+        b = batch(E, [7, 300], ex, step=step)
+        d = s.sample(q, b, store)
+        assert s.last_stats["tree_fallback"] == 0 and 0 <= s.last_stats["tree_tv"] <= 1
+        for i in range(2):
+            counts[i] += torch.bincount(d.ids[i][~d.mask[i]], minlength=len(E)).float()
+        w = ((q.unsqueeze(1) * E[d.ids]).sum(-1) * 4.0 - d.log_pi).exp().masked_fill(d.mask, 0).sum(1)
+        zs.append(w)
+    log_kq = d.cross(torch.arange(len(E)))             # [2, N]: log k Q over every row
+    qd = (log_kq - math.log(64)).exp()
+    for i in range(2):
+        bad = torch.tensor([r in ex[i] for r in range(len(E))])
+        assert float(qd[i][bad].sum()) == 0 and int(counts[i][bad].sum()) == 0
+        assert abs(float(qd[i].sum()) - 1) < 1e-4
+        keep = qd[i] * counts[i].sum() >= 5
+        obs = torch.cat([counts[i][keep], counts[i][~keep].sum().view(1)])
+        exp = torch.cat([qd[i][keep], qd[i][~keep].sum().view(1)]) / qd[i].sum() * counts[i].sum()
+        assert chisquare(obs.numpy(), exp.numpy()).pvalue > 1e-3
+        p = exact_p(q[i], E, sorted(ex[i]), 4.0)
+        assert float((p - qd[i]).abs().sum()) > 0.01     # a proposal, not the softmax
+        z = float((q[i] @ E.T * 4.0).masked_fill(bad, -math.inf).exp().sum())
+        zh = torch.stack(zs)[:, i]
+        assert abs(float(zh.mean()) / z - 1) < 3 * float(zh.std()) / math.sqrt(len(zh)) / z

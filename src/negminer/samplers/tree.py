@@ -26,12 +26,22 @@ mass M_n = sum_{j in n} e^{s_j} (usable rows only) is bounded by U_n = live_n e^
    Draws are with replacement, so a draw's weight is its expected count, log pi_j = log k + s_j -
    log Z_hat (as uniform and the replacement stream give); ``log_z_bounds`` holds [lower, upper] of log Z.
 
+Proposal mode (``mode='proposal'``, ``--tree-mode proposal``): where exact sampling does not pay (loose
+bounds), the tree is a proposal instead of a rejection envelope, as Monath et al. sample approximately. A
+leaf n is drawn with probability Q(n) = w_n / sum w, w_n = live_n e^{<q, c_n> / tau_s} (its centroid mass;
+the ``beam`` leaves of largest w_n at their exact mass M_n), then a row j of it with probability e^{s_j} / M_n
+(the leaf scored exactly). So Q_j = Q(n) e^{s_j} / M_n is known exactly for every row, log pi_j = log k + log Q_j,
+and sum_{draws} e^{s_j} / (k Q_j) is unbiased for Z: the corrected loss stays unbiased, only its variance
+depends on how close Q is to the softmax. No fallback, no pass over the store. Since p_j / Q_j = M_n / (Z Q(n))
+within a leaf, the step's draws estimate TV(Q, p) = E_Q |p / Q - 1| / 2 (``tree_tv`` in the log).
+
 A query still short of k accepted draws after ``rounds`` rounds gets masked slots (``tree_short`` in
 the log). The store tells the tree which rows each write changed; the tree keeps its bounds valid in
 place (index/tree.py). Logged: ``tree_accept`` (acceptance rate of proposals), ``tree_scored`` (leaves
 scored per query), ``tree_logz_gap`` (upper - lower log Z), ``tree_exact_mass`` (share of Z_hat scored).
 
 Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 8 --refresh auto,nystrom
+           negminer train --negatives tree --tree-mode proposal --num-negatives 64
 """
 
 from __future__ import annotations
@@ -53,13 +63,16 @@ class TreeSampler(Sampler):
     @classmethod
     def from_config(cls, cfg, common: dict) -> "TreeSampler":
         return cls(cfg.num_negatives, beam=cfg.tree_beam, branching=cfg.tree_branching, leaf_size=cfg.tree_leaf_size,
-                   seed=cfg.seed, **common)
+                   mode=cfg.tree_mode, seed=cfg.seed, **common)
 
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
                  estimate: int = 64, fallback: int = 8, min_share: float = 0.01, max_proposals: int = 32768,
-                 seed: int = 0, **kw):
+                 mode: str = "exact", seed: int = 0, **kw):
+        if mode not in ("exact", "proposal"):
+            raise ValueError(f"tree: mode must be exact or proposal, not {mode!r}")
         kw["replacement"] = True
         super().__init__(k, **kw)
+        self.mode = mode
         self.beam, self.rounds, self.estimate, self.fallback, self.seed = beam, rounds, estimate, fallback, seed
         self.max_proposals, self.min_share = max_proposals, min_share
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
@@ -148,6 +161,8 @@ class TreeSampler(Sampler):
         return buf
 
     def sample(self, q, batch, store) -> Draw:
+        if self.mode == "proposal":
+            return self._sample_proposal(q, batch, store)
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale = self.scale(batch)
@@ -261,6 +276,84 @@ class TreeSampler(Sampler):
                            "tree_exact_mass": float((z_ex - log_z).exp()[fin].mean()) if bool(fin.any()) else 1.0,
                            "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, pool, z_for_loss, cross, self.margin_drop(q, batch, store))
+
+    def _sample_proposal(self, q, batch, store) -> Draw:
+        """--tree-mode proposal: k draws with replacement from Q (a leaf by its centroid mass, the beam's leaves by
+        their exact mass; a row within the leaf exactly), each weighted by its exact log k Q_j."""
+        t, b, k = self.tree, len(q), self.k
+        q = q.detach().float().cpu()
+        scale = self.scale(batch)
+        qs, g = q * scale, batch.generator
+        aug = self._leaves()
+        nb = len(aug) // BLOCK
+        env, _ = self._buffers(b, nb * BLOCK)
+        torch.mm(torch.cat([qs, torch.zeros(b, 1), torch.ones(b, 1)], 1), aug.T, out=env)  # log live_n e^{<q, c_n>}
+        env3 = env.view(b, nb, BLOCK)
+        blk_max, blocks = _block_lse(env3)
+        n_beam = min(self.beam, len(t.members))
+        if n_beam:  # the beam's leaves at their exact mass
+            top = _topk_by_block(env3, blk_max, n_beam)
+            ok = torch.isfinite(top.values)
+            qi = torch.arange(b).unsqueeze(1).expand_as(top.indices)[ok]
+            leaf = top.indices[ok]
+            env[qi, leaf] = torch.logsumexp(self._score(q, scale, batch, store, qi, leaf)[0], dim=1)
+            key = (qi * nb + leaf // BLOCK).unique()
+            blocks[key // nb, key % nb] = torch.logsumexp(env3[key // nb, key % nb], dim=1)
+        log_w = torch.logsumexp(blocks, dim=1)                                          # [B]
+        blk = _categorical(blocks, k, g)                                                # [B, k]
+        qi = torch.arange(b).unsqueeze(1).expand(b, k).flatten()
+        key, inv = (qi * nb + blk.flatten()).unique(return_inverse=True)
+        leaf = blk.flatten() * BLOCK + _draw_in_rows(env3[key // nb, key % nb], inv, g)
+        s, mem = self._score(q, scale, batch, store, qi, leaf)
+        m_n = torch.logsumexp(s, dim=1)
+        j = _gumbel_argmax(s, g)
+        ids, s_ids = mem.gather(1, j.unsqueeze(1)).squeeze(1), s.gather(1, j.unsqueeze(1)).squeeze(1)
+        mask = ~torch.isfinite(m_n).view(b, k) | ~torch.isfinite(log_w).unsqueeze(1)
+        log_q_leaf = (env[qi, leaf] - log_w[qi]).view(b, k)
+        log_pi = (math.log(k) + log_q_leaf + (s_ids - m_n).view(b, k)).masked_fill(mask, NEG_INF)
+        ids = ids.view(b, k).masked_fill(mask, 0)
+        # p_j / Q_j is M_n / (Z Q(n)) for every row of leaf n: the draws estimate TV(Q, softmax) = E_Q |p / Q - 1| / 2
+        r = (m_n.view(b, k) - log_q_leaf).masked_fill(mask, NEG_INF)                    # a leaf with no usable row: 0
+        lse = torch.logsumexp(r, 1, keepdim=True)
+        tv = 0.5 * ((r - lse + math.log(k)).exp() - 1).abs().mean(1)
+        has = torch.isfinite(lse.squeeze(1))
+
+        def cross(rows):  # [B, M] log k Q of these rows for every query
+            return math.log(k) + self._proposal_log_q(q, scale, batch, store, rows.cpu(), env, log_w)
+
+        self.log_z_bounds = None
+        drawn = len((qi * len(t.members) + leaf).unique())
+        self.last_stats = {"tree_fallback": 0, "tree_scored": float(n_beam + drawn / b),
+                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0,
+                           "tree_short": int(mask.sum())}
+        return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
+
+    def _proposal_log_q(self, q, scale, batch, store, rows, env, log_w):
+        """log Q [B, M] of store ``rows`` [M] under the proposal of ``env`` (-inf: unusable for that query)."""
+        leaf = self.tree.leaf_of[rows]                                                   # [M], -1: removed
+        ul, inv = leaf.clamp(min=0).unique(return_inverse=True)
+        m_n = torch.logsumexp(self._score_leaves(q, scale, batch, store, ul), dim=2)[:, inv]   # [B, M]
+        s = self._cross_logits(q, batch, store, scale, rows)
+        out = env[:, leaf.clamp(min=0)] - log_w.unsqueeze(1) + s - m_n
+        return out.masked_fill((leaf < 0).unsqueeze(0) | torch.isneginf(s), NEG_INF)
+
+    def _score_leaves(self, q, scale, batch, store, leaves):
+        """Logits [B, L, cap] of every query for the rows of ``leaves`` [L] (-inf: empty slot or unusable): the
+        leaves' rows gathered once and scored by one product (a few leaves for many queries: the batch's
+        positives), exclusions set from their (query, position) pairs."""
+        mem = self.tree.members[leaves, :max(1, int(self.tree.fill[leaves].max()))]
+        ok = mem >= 0
+        rows = mem[ok]
+        raw = q @ store.embeddings(rows).T                                               # [B, R]
+        flat = raw * scale
+        eq, ep = batch.excl.positions(rows)
+        flat[eq, ep] = NEG_INF
+        over = self.margin_over(q, batch)
+        if over is not None:
+            flat.masked_fill_(raw > over.float().cpu().unsqueeze(1), NEG_INF)
+        out = torch.full((len(q), *mem.shape), NEG_INF)
+        out[:, ok] = flat
+        return out
 
     def _fall_back(self, q, batch, store, scored: float) -> Draw:
         self.log_z_bounds = None
