@@ -122,13 +122,15 @@ class TreeSampler(Sampler):
         ok = mem >= 0
         rows, fq = mem[ok], uq.unsqueeze(1).expand_as(mem)[ok]
         raw = torch.empty(len(rows))
-        per_q = torch.bincount(fq, minlength=len(q)).tolist()  # pairs are sorted by query: a matvec each
-        a = 0
-        for i, m in enumerate(per_q):
-            for c in range(a, a + m, 1 << 18):  # bounded memory: [2^18, d] at a time
-                e = min(a + m, c + (1 << 18))
-                torch.mv(store.embeddings(rows[c:e]), q[i], out=raw[c:e])
-            a += m
+        ends = torch.bincount(fq, minlength=len(q)).cumsum(0).tolist()  # pairs are sorted by query: a matvec each
+        for c in range(0, len(rows), 1 << 18):  # one read of [2^18, d] rows at a time (a read per query cost more)
+            e = min(len(rows), c + (1 << 18))
+            emb, a = store.embeddings(rows[c:e]), c
+            for i, hi in enumerate(ends):
+                lo, hi = max(a, c), min(hi, e)
+                if hi > lo:
+                    torch.mv(emb[lo - c:hi - c], q[i], out=raw[lo:hi])
+                a = max(a, ends[i])
         good = self._usable(q, fq, rows.unsqueeze(1), batch, raw.unsqueeze(1)).squeeze(1)
         s = torch.full(mem.shape, NEG_INF)
         s[ok] = (raw * scale).masked_fill(~good, NEG_INF)

@@ -103,7 +103,8 @@ class TargetStore:
     def _read(self, rows: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of any ``rows`` (global), in the store's dtype on its device; sharded: collective."""
         if self.dist is None or not len(rows):  # (rows are the same on every process: all skip alike)
-            return self.emb[rows.to(self.emb.device)]
+            rows = rows.to(self.emb.device)  # index_select: 30x faster than emb[rows] for bf16 rows on CPU
+            return torch.index_select(self.emb, 0, rows) if rows.dim() == 1 else self.emb[rows]
         mine = self._holds(rows)
         out = torch.zeros(len(rows), self.dim, device=self.dist.device)
         out[mine.to(out.device)] = self.emb[(rows[mine] - self.lo).to(self.emb.device)].to(out.device, torch.float32)
