@@ -459,7 +459,7 @@ class Trainer:
                 self.step += 1
                 self.seconds = self.dist.agree(self.clock() - t0)  # rank 0's clock decides budgets and evals
                 bar.update(min(self.seconds, budget) - bar.n if budget else 1)
-                bar.set_postfix(step=self.step, loss=f"{loss:.4f}") if budget else bar.set_postfix(loss=f"{loss:.4f}")
+                bar.set_postfix(**({"step": self.step} if budget else {}), loss=f"{loss:.4f}")
                 row = None
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps or self.out_of_time():
                     row = {"step": self.step, "loss": round(loss, 6) if math.isfinite(loss) else None,
