@@ -6,7 +6,7 @@ in ``proposal`` mode it never passes over the store and corrects by its proposal
 seed, data order, steps and encoder for all three, so per-query paired tests (seeds averaged per query) say
 whether the proposal loses quality per step. Presets:
 
-- minilm: all-MiniLM-L6-v2 on SciFact (batch 16, 4 negatives, lr 5e-5, 60 steps);
+- minilm: all-MiniLM-L6-v2 on SciFact (batch 16, 4 negatives, lr 5e-5, 40 steps, as negatives.py);
 - static: the static tower on gcide-rd (84K targets; batch 64, 8 negatives, lr 0.01, 300 steps).
 
 Per row: ndcg@10, recall@10, steps, target and query encodes, training seconds, the sampler's ms per step,
@@ -38,7 +38,7 @@ from common import REPO, RESULTS, SHARED_DATA, provenance, write_result  # noqa:
 from negminer.fileio import atomic_write_text  # noqa: E402
 
 PRESETS = {
-    "minilm": dict(data="scifact", encoder="minilm", batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48, steps=60),
+    "minilm": dict(data="scifact", encoder="minilm", batch_size=16, lr=5e-5, k=4, qlen=32, tlen=48, steps=40),
     "static": dict(data="gcide-rd", encoder="static", batch_size=64, lr=0.01, k=8, qlen=32, tlen=32, steps=300),
 }
 METHODS = {
