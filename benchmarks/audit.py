@@ -30,6 +30,8 @@ ROWS = [
     ("cache", ["--negatives", "cache"]),
     ("exact (R=10)", ["--negatives", "exact", "--refresh-every", "10"]),
     ("tree", ["--negatives", "tree"]),
+    ("tree proposal", ["--negatives", "tree", "--tree-mode", "proposal"]),
+    ("tree proposal, shared", ["--negatives", "tree", "--tree-mode", "proposal", "--share-negatives"]),
     ("cache, margin 0.1", ["--negatives", "cache", "--margin", "0.1"]),
     ("cache, shared", ["--negatives", "cache", "--share-negatives"]),
     ("cache, NGAME (C=16)", ["--negatives", "cache", "--batching", "ngame", "--ngame-cluster-size", "16"]),
