@@ -3,7 +3,7 @@
 Per row (n, d, noise, mode): a bf16 store of synthetic clustered unit vectors (n / 200 clusters, each row its
 cluster's centre plus Gaussian noise of norm ``noise``, renormalised; queries drawn the same way), or
 (``--data gcide-senses`` / ``gcide-rd``) all-MiniLM-L6-v2 embeddings of a dataset's targets and test queries
-(encoded once, cached under runs/tree_emb/, not committed); B = 64 queries, k = 64 negatives per query, logit
+(32 tokens, encoded once, cached under runs/tree_emb/, not committed); B = 64 queries, k = 64 negatives per query, logit
 scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
 
   build_seconds              KMeansTree over the store (branching 16, leaf ``--leaf-size``),
@@ -80,8 +80,9 @@ class Source:
 
 
 def real_source(name: str) -> Source:
-    """all-MiniLM-L6-v2 embeddings of ``name``'s targets ('title text', 128 tokens) and test queries (64
-    tokens), encoded once and cached under runs/tree_emb/ (not committed)."""
+    """all-MiniLM-L6-v2 embeddings of ``name``'s targets ('title text') and test queries, 32 tokens each (the
+    benchmarks' length for these dictionary tasks), encoded once under bf16 autocast and cached under
+    runs/tree_emb/ (not committed)."""
     from safetensors.torch import load_file, save_file
 
     from negminer.store import TargetStore
@@ -94,9 +95,10 @@ def real_source(name: str) -> Source:
         ds = load_dataset(SHARED_DATA / name)
         test = ds.qrels.get("test") or next(iter(ds.qrels.values()))
         qids = list(test)[:1024]
-        model = build_encoder("minilm", query_max_length=64, target_max_length=128)
-        t = model.encode_targets(ds.target_inputs(), batch_size=256, progress=True)
-        q = model.encode_queries([ds.query_texts[ds.query_index[i]] for i in qids], progress=True)
+        model = build_encoder("minilm", query_max_length=32, target_max_length=32)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the embeddings as a bf16 store keeps them
+            t = model.encode_targets(ds.target_inputs(), batch_size=256, progress=True)
+            q = model.encode_queries([ds.query_texts[ds.query_index[i]] for i in qids], progress=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({"targets": t.contiguous(), "queries": q.contiguous()}, str(tmp))

@@ -113,6 +113,7 @@ def test_proposal_mode_draws_follow_its_exact_q_and_the_estimate_of_z_is_unbiase
         zs.append(w)
     log_kq = d.cross(torch.arange(len(E)))             # [2, N]: log k Q over every row
     qd = (log_kq - math.log(64)).exp()
+    assert torch.allclose(s.proposal(q, b, store).exp(), qd, atol=1e-6)  # what the diagnostics' TV reads
     for i in range(2):
         bad = torch.tensor([r in ex[i] for r in range(len(E))])
         assert float(qd[i][bad].sum()) == 0 and int(counts[i][bad].sum()) == 0
