@@ -135,6 +135,19 @@ def test_masked_entries_never_drawn_and_short_rows_masked_per_row():
         assert len(set(pos[1].tolist())) == 5
 
 
+def assert_same_on_3_and_1_threads(run):
+    """``run()`` gives equal tensors on 3 threads (uneven parts) and on 1."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        a = run()
+        torch.set_num_threads(1)
+        b = run()
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 @pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_and_torch_ops_give_the_same_draws(monkeypatch, dtype):
@@ -190,15 +203,7 @@ def test_kernel_gives_the_same_draws_and_noise_on_any_number_of_threads():
             acc.add(scores[:, s:s + 4096].clone(), s, 20.0)
         return (*acc.result(), kernel.gumbel(300_001, torch.Generator().manual_seed(12)))
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)  # uneven parts
-        a = run()
-        torch.set_num_threads(1)
-        b = run()
-    finally:
-        torch.set_num_threads(before)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_same_on_3_and_1_threads(run)
 
 
 @pytest.mark.skipif(kernel.get() is None, reason=f"no compiled kernel here: {kernel.status()}")
@@ -272,12 +277,4 @@ def test_kernel_draws_with_replacement_do_not_depend_on_the_threads():
             acc.add(scores[:, s:s + 4096].clone(), s)
         return acc.result()
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        a = run()
-        torch.set_num_threads(1)
-        b = run()
-    finally:
-        torch.set_num_threads(before)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert_same_on_3_and_1_threads(run)
