@@ -265,9 +265,10 @@ class ReplacementStream(_Stream):
         if scale == self.scale and self._fused(scores, start, scale, pairs, dense, over, skip=scale):
             if self.seed is None:  # one draw from the generator per pass; the kernel hashes (seed, row, start, slot)
                 self.seed = int(torch.randint(0, 2**62, (1,), generator=self.g, device=self.g.device if self.g else None))
-            if kernel.softmax_chunk(scores, scale, self.log_z[scale], self.buffer("work", scores.shape[1]), start,
-                                    self.seed, self.pos, self.logits):
-                return
+            if not kernel.softmax_chunk(scores, scale, self.log_z[scale], self.buffer("work", scores.shape[1]), start,
+                                        self.seed, self.pos, self.logits):  # mark() took these tensors: so does this
+                raise RuntimeError("softmax kernel refused a chunk its mark() took (the torch ops would count log Z twice)")
+            return
         self._common(scores, start, pairs, dense, over, scale, skip=scale)
         c = scores.shape[1]
         logits = self._mask(self.buffer("logits", c).copy_(scores).mul_(scale), start, pairs, dense, over, scores)

@@ -126,14 +126,14 @@ class TreeSampler(Sampler):
         rows, fq = mem[ok], uq.unsqueeze(1).expand_as(mem)[ok]
         raw = torch.empty(len(rows))
         ends = torch.bincount(fq, minlength=len(q)).cumsum(0).tolist()  # pairs are sorted by query: a matvec each
+        starts = [0] + ends[:-1]
         for c in range(0, len(rows), 1 << 18):  # one read of [2^18, d] rows at a time (a read per query cost more)
             e = min(len(rows), c + (1 << 18))
-            emb, a = store.embeddings(rows[c:e]), c
-            for i, hi in enumerate(ends):
-                lo, hi = max(a, c), min(hi, e)
+            emb = store.embeddings(rows[c:e])
+            for i, (lo, hi) in enumerate(zip(starts, ends)):
+                lo, hi = max(lo, c), min(hi, e)
                 if hi > lo:
                     torch.mv(emb[lo - c:hi - c], q[i], out=raw[lo:hi])
-                a = max(a, ends[i])
         good = self._usable(q, fq, rows.unsqueeze(1), batch, raw.unsqueeze(1)).squeeze(1)
         s = torch.full(mem.shape, NEG_INF)
         s[ok] = (raw * scale).masked_fill(~good, NEG_INF)
@@ -417,8 +417,9 @@ class TreeSampler(Sampler):
         (diagnostics: its exact TV from the softmax; small N only)."""
         q = q.detach().float().cpu()
         if self.mode == "proposal":
-            env, _, log_w, _ = self._proposal_env(q, self.scale(batch), batch, store)
-            return self._proposal_log_q(q, self.scale(batch), batch, store, torch.arange(store.n), env, log_w)
+            scale = self.scale(batch)
+            env, _, log_w, _ = self._proposal_env(q, scale, batch, store)
+            return self._proposal_log_q(q, scale, batch, store, torch.arange(store.n), env, log_w)
         raw = q @ store.embeddings().T
         rows = torch.arange(store.n).expand(len(q), -1)
         s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
