@@ -309,9 +309,6 @@ RULES: list[tuple[Callable[[Pipeline], bool], object]] = [
     (lambda p: not ("corrector" in {r.name for r in p.refreshers} and p.cfg.corrector_apply == "scored"
                     and p.sampler.name == "tree"),
      "--corrector-apply scored: the tree's bounds hold for the stored rows; use --corrector-apply all"),
-    (lambda p: not ("corrector" in {r.name for r in p.refreshers} and p.cfg.corrector_apply == "scored"
-                    and p.sampler.name == "ance"),
-     "--corrector-apply scored: ance draws from an index snapshot, not from reads of the store; use --corrector-apply all"),
     (lambda p: not ({"corrector", "nystrom"} <= {r.name for r in p.refreshers} and p.cfg.corrector_apply == "scored"),
      "--corrector-apply scored with nystrom: the map would move corrected rows; use --corrector-apply all"),
     (lambda p: not p.cfg.store_shard or ("shardable" in p.caps
