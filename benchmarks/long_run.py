@@ -136,6 +136,8 @@ def averaged(rows) -> dict[tuple, dict]:
         avg = {k: (sum(r[k] for r in rs) / len(rs) if all(isinstance(r.get(k), (int, float)) for r in rs) else None)
                for k in ("ndcg@10", "recall@10", "target_encodes", "refresh_encodes", "train_seconds", "peak_rss_mb",
                          *(f"mean_{d}" for d in DIAG))}
+        if key[1] == "inbatch":  # no store: the diagnostics compare an unused, empty one
+            avg["mean_store_staleness"] = avg["mean_stale_logit"] = None
         out[key] = {**avg, "seeds": sorted(r["seed"] for r in rs), "data": rs[0]["data"], "encoder": rs[0]["encoder"]}
     return out
 
