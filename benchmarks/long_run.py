@@ -15,7 +15,8 @@ Two questions, one set of runs (same data order, steps and encoder per seed; onl
 
 Methods: inbatch; ``exact R=r`` (the softmax over a store re-encoded every r steps, sampled exactly: stale
 brute-force mining); ``ance R=r`` (top-k of that store); the cache with fraction refresh (1/40 of the rows per
-step: the re-encodes of exact R=40); the cache and the tree with the corrector and no re-encoding; the tree with
+step: the re-encodes of exact R=40); the cache with no re-encoding at all (the corrector's control); the cache
+and the tree with the corrector and no re-encoding; the tree with
 Nystrom (768 landmarks every 50 steps, and 8,192 every 20).
 
 Preset ``static``: the static tower on gcide-rd (84K targets, 113K training pairs; batch 64, 8 negatives,
@@ -60,6 +61,7 @@ METHODS = {
     **{f"exact R={r}": ["--negatives", "exact", "--refresh-every", str(r)] for r in (10, 20, 40, 80)},
     **{f"ance R={r}": ["--negatives", "ance", "--refresh-every", str(r)] for r in (10, 20, 40, 80)},
     "cache fraction 1/40": ["--negatives", "cache", "--refresh-fraction", "0.025"],
+    "cache, no refresh": ["--negatives", "cache", "--refresh", "none"],  # the corrector's control
     "cache + corrector": ["--negatives", "cache", *COR],
     "tree + corrector": ["--negatives", "tree", *COR],
     "tree + nystrom 768/50": ["--negatives", "tree", "--refresh", "write-back,nystrom", "--nystrom-landmarks", "768",
