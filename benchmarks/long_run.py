@@ -103,6 +103,10 @@ def run_row(preset: str, method: str, seed: int, tmp: str) -> dict:
             "target_encodes": tr["target_encodes"], "refresh_encodes": tr.get("refresh_encodes", 0),
             "query_encodes": tr["query_encodes"], "train_seconds": round(tr["seconds"], 1),
             "peak_rss_mb": tr["peak_rss_mb"], **{f"mean_{k}": mean(k, late) for k in DIAG}, "diagnostics": curve,
+            # the corrector's own log: mean relative error of the rows it trained on, before and after it
+            "corrector_pairs": [{"step": x["step"], "before": round(x["corrector_before"], 5),
+                                 "after": round(x["corrector_after"], 5)} for x in log
+                                if "corrector_before" in x and x["step"] % 100 == 0],
             "run_dir": str(keep.relative_to(REPO)), **provenance(), "command": shlex.join(args)}
 
 
