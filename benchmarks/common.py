@@ -123,3 +123,25 @@ def diagnostics_curve(log: list[dict], keys=("store_staleness", "stale_logit", "
     """The DiagnosticsHook measurements of a train log: [{"step", key: value}] rounded to 5 places."""
     return [{"step": r["step"], **{k: round(v, 5) for k, v in r["diagnostics"].items() if k in keys}}
             for r in log if "diagnostics" in r]
+
+
+def run_seeded(name: str, preset: str, data: str, seeds, methods, run_row, finish, line) -> list[dict]:
+    """The rows of results/<name>.json with every (preset, method, seed) asked for run by
+    ``run_row(preset, method, seed, tmp)`` and put in place of its old row, ``finish(rows)`` after each;
+    ``line(row)`` is printed per row. Prints why and returns None when ../shared/data/<data> is absent."""
+    import tempfile
+
+    jf = RESULTS / f"{name}.json"
+    rows = json.loads(jf.read_text())["rows"] if jf.exists() else []
+    if not (SHARED_DATA / data).exists():
+        print(f"skipped: {SHARED_DATA / data} not found (the shared/ folder beside the repo)")
+        return None
+    key = lambda r: (r["preset"], r["method"], r["seed"])  # noqa: E731
+    with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").is_dir() else None) as tmp:
+        for seed in seeds:
+            for m in methods:
+                row = run_row(preset, m, seed, tmp)
+                print(line(row), flush=True)
+                rows = [r for r in rows if key(r) != key(row)] + [row]
+                finish(rows)
+    return rows

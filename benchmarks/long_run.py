@@ -41,11 +41,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, SHARED_DATA, provenance, write_result  # noqa: E402
+from common import REPO, RESULTS, SHARED_DATA, provenance, run_seeded, write_result  # noqa: E402
 
 from negminer.fileio import atomic_write_text  # noqa: E402
 
@@ -297,22 +296,15 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     ap.add_argument("--redraw", action="store_true", help="only rebuild the tables, tests and plot from the JSON")
     args = ap.parse_args(argv)
-    jf = RESULTS / "long_run.json"
-    rows = json.loads(jf.read_text())["rows"] if jf.exists() else []
-    if not args.redraw:
-        if not (SHARED_DATA / PRESETS[args.preset]["data"]).exists():
-            print(f"skipped: {SHARED_DATA / PRESETS[args.preset]['data']} not found (the shared/ folder beside the repo)")
-            return 0
-        key = lambda r: (r["preset"], r["method"], r["seed"])  # noqa: E731
-        with tempfile.TemporaryDirectory(dir=REPO / "runs" if (REPO / "runs").is_dir() else None) as tmp:
-            for seed in args.seeds:
-                for m in args.methods:
-                    row = run_row(args.preset, m, seed, tmp)
-                    print(f"{args.preset} seed {seed} {m:<24} ndcg@10 {row['ndcg@10']:.4f} refresh encodes "
-                          f"{row['refresh_encodes']:,} grad error {row['mean_grad_rel_error']} "
-                          f"{row['train_seconds']} s", flush=True)
-                    rows = [r for r in rows if key(r) != key(row)] + [row]
-                    finish(rows)
+    if args.redraw:
+        rows = json.loads((RESULTS / "long_run.json").read_text())["rows"]
+    else:
+        rows = run_seeded("long_run", args.preset, PRESETS[args.preset]["data"], args.seeds, args.methods, run_row,
+                          finish, lambda r: f"{r['preset']} seed {r['seed']} {r['method']:<24} ndcg@10 {r['ndcg@10']:.4f} "
+                          f"refresh encodes {r['refresh_encodes']:,} grad error {r['mean_grad_rel_error']} "
+                          f"{r['train_seconds']} s")
+    if rows is None:
+        return 0
     finish(rows)
     return 0
 
