@@ -145,3 +145,23 @@ def run_seeded(name: str, preset: str, data: str, seeds, methods, run_row, finis
                 rows = [r for r in rows if key(r) != key(row)] + [row]
                 finish(rows)
     return rows
+
+
+def seeded_main(name: str, doc: str, presets: dict, methods: dict, default: str, run_row, finish, line, argv=None) -> int:
+    """The command line of a seeded benchmark: --preset, --seeds, --methods, --redraw (``run_seeded``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--preset", choices=list(presets), default=default)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--methods", nargs="+", choices=list(methods), default=list(methods))
+    ap.add_argument("--redraw", action="store_true", help="only rebuild the tables, tests and plots from the JSON")
+    args = ap.parse_args(argv)
+    if args.redraw:
+        rows = json.loads((RESULTS / f"{name}.json").read_text())["rows"]
+    else:
+        rows = run_seeded(name, args.preset, presets[args.preset]["data"], args.seeds, args.methods, run_row, finish, line)
+    if rows is None:
+        return 0
+    finish(rows)
+    return 0

@@ -32,7 +32,6 @@ each run's per_query.jsonl.gz under results/long_run_runs/.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import math
@@ -44,7 +43,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, SHARED_DATA, provenance, run_seeded, write_result  # noqa: E402
+from common import REPO, RESULTS, SHARED_DATA, provenance, seeded_main, write_result  # noqa: E402
 
 from negminer.fileio import atomic_write_text  # noqa: E402
 
@@ -290,24 +289,10 @@ def finish(rows) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=list(PRESETS), default="static")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    ap.add_argument("--redraw", action="store_true", help="only rebuild the tables, tests and plot from the JSON")
-    args = ap.parse_args(argv)
-    if args.redraw:
-        rows = json.loads((RESULTS / "long_run.json").read_text())["rows"]
-    else:
-        rows = run_seeded("long_run", args.preset, PRESETS[args.preset]["data"], args.seeds, args.methods, run_row,
-                          finish, lambda r: f"{r['preset']} seed {r['seed']} {r['method']:<24} ndcg@10 {r['ndcg@10']:.4f} "
-                          f"refresh encodes {r['refresh_encodes']:,} grad error {r['mean_grad_rel_error']} "
-                          f"{r['train_seconds']} s")
-    if rows is None:
-        return 0
-    finish(rows)
-    return 0
-
+    return seeded_main("long_run", __doc__, PRESETS, METHODS, "static", run_row, finish,
+                       lambda r: f"{r['preset']} seed {r['seed']} {r['method']:<24} ndcg@10 {r['ndcg@10']:.4f} "
+                       f"refresh encodes {r['refresh_encodes']:,} grad error {r['mean_grad_rel_error']} "
+                       f"{r['train_seconds']} s", argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

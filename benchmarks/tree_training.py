@@ -21,7 +21,6 @@ each run's per_query.jsonl.gz and metrics.json under results/tree_training_runs/
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -32,7 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, SHARED_DATA, provenance, run_seeded, write_result  # noqa: E402
+from common import REPO, RESULTS, SHARED_DATA, provenance, seeded_main, write_result  # noqa: E402
 
 from negminer.fileio import atomic_write_text  # noqa: E402
 
@@ -123,23 +122,9 @@ def finish(rows) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", choices=list(PRESETS), default="minilm")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    ap.add_argument("--redraw", action="store_true", help="only rebuild the table and tests from the JSON")
-    args = ap.parse_args(argv)
-    if args.redraw:
-        rows = json.loads((RESULTS / "tree_training.json").read_text())["rows"]
-    else:
-        rows = run_seeded("tree_training", args.preset, PRESETS[args.preset]["data"], args.seeds, args.methods, run_row,
-                          finish, lambda r: f"{r['preset']} seed {r['seed']} {r['method']:<14} steps {r['steps']} "
-                          f"ndcg@10 {r['ndcg@10']:.4f} sample {r['sample_ms_per_step']} ms/step")
-    if rows is None:
-        return 0
-    finish(rows)
-    return 0
-
+    return seeded_main("tree_training", __doc__, PRESETS, METHODS, "minilm", run_row, finish,
+                       lambda r: f"{r['preset']} seed {r['seed']} {r['method']:<14} steps {r['steps']} "
+                       f"ndcg@10 {r['ndcg@10']:.4f} sample {r['sample_ms_per_step']} ms/step", argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())
