@@ -23,6 +23,7 @@ The first rows' rates were picked in 60 s trials, which did not carry to 360 s.
 
     python benchmarks/peers.py --pick-lr --data scifact
     python benchmarks/peers.py --data scifact --budgets 360 --seeds 0 1 2
+    python benchmarks/peers.py --data gcide-rd --lr-from scifact   # SciFact's picks (picking costs ~75 min)
     python benchmarks/peers.py --redraw        # table, paired tests and plot from the JSON
 
 Rows from different sessions merge (a rerun replaces the rows with the same data, recipe, budget,
@@ -355,6 +356,8 @@ def main(argv=None) -> int:
                     help="seconds of each learning-rate trial (0: the largest of --budgets; rates picked in 60 s runs "
                          "did not carry to 360 s, see the README)")
     ap.add_argument("--lr", type=float, help="this learning rate for every recipe instead of the picked ones")
+    ap.add_argument("--lr-from", choices=list(SETUPS),
+                    help="use the rates picked on this dataset (recorded as each row's lr_from)")
     ap.add_argument("--redraw", action="store_true", help="only rebuild the table, tests and plot from the JSON")
     args = ap.parse_args(argv)
     jf = RESULTS / "peers.json"
@@ -374,10 +377,12 @@ def main(argv=None) -> int:
     for budget in [int(b) if float(b).is_integer() else b for b in sorted(args.budgets)]:
         for seed in args.seeds:
             for recipe in args.recipes:
-                lr = args.lr or doc["lr"].get(args.data, {}).get(recipe)
+                src = args.lr_from or args.data
+                lr = args.lr or doc["lr"].get(src, {}).get(recipe)
                 if lr is None:
-                    raise SystemExit(f"no learning rate picked for {recipe} on {args.data}: run with --pick-lr first")
+                    raise SystemExit(f"no learning rate picked for {recipe} on {src}: run with --pick-lr first")
                 row = run_row(args.data, recipe, budget, seed, lr, args.precision)
+                row["lr_from"] = "--lr" if args.lr else src
                 print(f"{args.data} {budget:>5} s seed {seed} {recipe:<11} lr {lr:g} steps {row['steps']:>5} "
                       f"ndcg@10 {row['ndcg@10']:.4f}", flush=True)
                 doc["rows"] = [r for r in doc["rows"] if key(r) != key(row)] + [row]
