@@ -32,6 +32,8 @@ ROWS = [
     ("tree", ["--negatives", "tree"]),
     ("tree proposal", ["--negatives", "tree", "--tree-mode", "proposal"]),
     ("tree proposal, shared", ["--negatives", "tree", "--tree-mode", "proposal", "--share-negatives"]),
+    ("tree descend", ["--negatives", "tree", "--tree-mode", "descend"]),
+    ("tree descend, shared", ["--negatives", "tree", "--tree-mode", "descend", "--share-negatives"]),
     ("cache, margin 0.1", ["--negatives", "cache", "--margin", "0.1"]),
     ("cache, shared", ["--negatives", "cache", "--share-negatives"]),
     ("cache, NGAME (C=16)", ["--negatives", "cache", "--batching", "ngame", "--ngame-cluster-size", "16"]),

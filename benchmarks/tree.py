@@ -3,13 +3,13 @@
 Per row (n, d, noise, mode): a bf16 store of synthetic clustered unit vectors (n / 200 clusters, each row its
 cluster's centre plus Gaussian noise of norm ``noise``, renormalised; queries drawn the same way), or
 (``--data gcide-senses`` / ``gcide-rd``) all-MiniLM-L6-v2 embeddings of a dataset's targets and test queries
-(32 tokens, encoded once, cached under runs/tree_emb/, not committed); B = 64 queries, k = 64 negatives per query, logit
-scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
+(32 tokens, encoded once, cached under runs/tree_emb/, not committed); B = 64 queries, k = 64 negatives per query
+(``--k``), logit scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
 
   build_seconds              KMeansTree over the store (branching 16, leaf ``--leaf-size``),
   sample_ms_per_step         TreeSampler.sample in ``mode`` exact (adaptive rejection, ``--beam`` leaves scored
-                             up front, an exact pass when the bounds are loose) or proposal (no pass, see
-                             samplers/tree.py),
+                             up front, an exact pass when the bounds are loose), proposal or descend (no pass,
+                             see samplers/tree.py),
   matmul_ms_per_step         the bare scoring pass (the store's chunked q . e, nothing else): the floor,
   bruteforce_ms_per_step     the exact streaming sampler with replacement (samplers/gumbel.py),
   exact_topk_ms_per_step     the exact streaming sampler without replacement (Gumbel-top-k),
@@ -24,7 +24,8 @@ scale 20 (tau 0.05), timed in the same process (best of ``--reps``):
 
     python benchmarks/tree.py                              # n = 1e5 1e6 2e7, d = 64 128
     python benchmarks/tree.py --n 1e6 --d 64 --spread 0.6 --mode exact proposal
-    python benchmarks/tree.py --data gcide-senses gcide-rd --mode exact proposal
+    python benchmarks/tree.py --data gcide-senses gcide-rd --mode exact proposal descend
+    python benchmarks/tree.py --data gcide-senses gcide-rd --mode exact proposal descend --k 8
 
 Writes benchmarks/results/tree.json and tree.md (rows of earlier runs with another key are kept).
 """
@@ -157,7 +158,8 @@ def tv_rows(src: Source, sampler, queries: int, steps: int):
     return sum(tv) / len(tv), sum(tv0) / len(tv0)
 
 
-def run_rows(src: Source, modes, beam: int, reps: int, tv_queries: int, tv_steps: int, leaf: int) -> list[dict]:
+def run_rows(src: Source, modes, beam: int, reps: int, tv_queries: int, tv_steps: int, leaf: int,
+             k: int = K) -> list[dict]:
     """One row per mode over one store: the tree built once, the exact passes and the matmul timed once."""
     from negminer.index import KMeansTree
     from negminer.samplers import ExactSampler, TreeSampler
@@ -178,13 +180,13 @@ def run_rows(src: Source, modes, beam: int, reps: int, tv_queries: int, tv_steps
             pass
 
     matmul = timed(scan)
-    brute = timed(lambda q, bt: ExactSampler(K, replacement=True, sample_temperature=1 / SCALE).sample(q, bt, store))
-    topk = timed(lambda q, bt: ExactSampler(K, sample_temperature=1 / SCALE).sample(q, bt, store))
+    brute = timed(lambda q, bt: ExactSampler(k, replacement=True, sample_temperature=1 / SCALE).sample(q, bt, store))
+    topk = timed(lambda q, bt: ExactSampler(k, sample_temperature=1 / SCALE).sample(q, bt, store))
     fastest = min(brute, topk)
     rows = []
     for mode in modes:
         reset_peak_rss()
-        s = TreeSampler(K, beam=beam, sample_temperature=1 / SCALE, mode=mode)
+        s = TreeSampler(k, beam=beam, sample_temperature=1 / SCALE, mode=mode)
         s.tree = tree
         s.setup(store, None, 0)
         samp = timed(lambda q, bt: s.sample(q, bt, store))
@@ -195,20 +197,20 @@ def run_rows(src: Source, modes, beam: int, reps: int, tv_queries: int, tv_steps
         radius = tree.radius[tree.depth]
         rows.append({
             "data": src.data, "mode": mode, "n": n, "d": d, "spread": src.spread, "noise": src.spread, "dtype": "bf16",
-            "b": B, "k": K, "beam": beam, "leaf_size": leaf, "depth": tree.depth,
+            "b": B, "k": k, "beam": beam, "leaf_size": leaf, "depth": tree.depth,
             "leaf_radius_median": round(float(radius.median()), 4), "leaf_radius_max": round(float(radius.max()), 4),
             "leaves": len(tree.members), "build_seconds": round(build, 2), "sample_ms_per_step": round(samp, 2),
             "matmul_ms_per_step": round(matmul, 2), "bruteforce_ms_per_step": round(brute, 2),
             "exact_topk_ms_per_step": round(topk, 2), "speedup_vs_bruteforce": round(brute / samp, 2),
             "speedup_vs_fastest_exact": round(fastest / samp, 2), "speedup_vs_matmul": round(matmul / samp, 3),
             "tv": round(tv, 4), "tv_exact_noise": round(tv0, 4), "tv_ratio": round(tv / tv0, 3),
-            "tv_draws_per_query": tv_steps * K, **{k: round(v, 4) for k, v in stats.items()},
+            "tv_draws_per_query": tv_steps * k, **{k: round(v, 4) for k, v in stats.items()},
             "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()})
     return rows
 
 
 def table(rows) -> str:
-    head = ("| data | mode | n | d | noise | leaf size | leaves | build s | tree ms/step | matmul ms | exact pass ms "
+    head = ("| data | mode | k | n | d | noise | leaf size | leaves | build s | tree ms/step | matmul ms | exact pass ms "
             "(with / without replacement) | vs fastest exact | vs matmul | TV | TV of an exact sample | tree's TV estimate | "
             "accept | leaves scored per query | fallback | peak RSS MB |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
@@ -216,7 +218,7 @@ def table(rows) -> str:
         def f(key, fmt="{:.1f}", unit=""):
             return "-" if r.get(key) is None else fmt.format(r[key]) + unit
         out.append(
-            f"| {r.get('data', 'synthetic')} | {r.get('mode', 'exact')} | {r['n']:,} | {r['d']} | {r.get('noise', r.get('spread'))} | "
+            f"| {r.get('data', 'synthetic')} | {r.get('mode', 'exact')} | {r.get('k', K)} | {r['n']:,} | {r['d']} | {r.get('noise', r.get('spread'))} | "
             f"{r.get('leaf_size', 64)} | {r['leaves']:,} | {r['build_seconds']:.1f} | {r['sample_ms_per_step']:.1f} | "
             f"{f('matmul_ms_per_step')} | {r['bruteforce_ms_per_step']:.1f} / {f('exact_topk_ms_per_step')} | "
             f"{f('speedup_vs_fastest_exact', '{:.2f}', 'x')} | {f('speedup_vs_matmul', '{:.2f}', 'x')} | {r['tv']:.3f} | "
@@ -231,8 +233,9 @@ def main(argv=None) -> int:
                     help="synthetic, or datasets in ../shared/data whose MiniLM embeddings make the store (gcide-senses, gcide-rd)")
     ap.add_argument("--n", nargs="*", type=float, default=[1e5, 1e6, 2e7])
     ap.add_argument("--d", nargs="*", type=int, default=[64, 128])
-    ap.add_argument("--mode", nargs="*", default=["exact"], choices=("exact", "proposal"))
+    ap.add_argument("--mode", nargs="*", default=["exact"], choices=("exact", "proposal", "descend"))
     ap.add_argument("--beam", type=int, default=8)
+    ap.add_argument("--k", type=int, default=K, help="draws per query (training uses 4-8)")
     ap.add_argument("--leaf-size", type=int, default=64)
     ap.add_argument("--spread", nargs="*", type=float, default=[0.6, 0.1],
                     help="noise norm around each cluster centre (0.6: spread like real embeddings; 0.1: tight)")
@@ -243,7 +246,7 @@ def main(argv=None) -> int:
     prov = provenance()
     jf = RESULTS / "tree.json"
     old = json.loads(jf.read_text())["rows"] if jf.exists() else []
-    tail = (f"--mode {' '.join(args.mode)} --beam {args.beam} --leaf-size {args.leaf_size} --reps {args.reps} "
+    tail = (f"--mode {' '.join(args.mode)} --k {args.k} --beam {args.beam} --leaf-size {args.leaf_size} --reps {args.reps} "
             f"--tv-queries {args.tv_queries} --tv-steps {args.tv_steps}")
     new = []
     for data in args.data:
@@ -256,12 +259,13 @@ def main(argv=None) -> int:
         else:
             stores = [(lambda data=data: real_source(data), f"--data {data}")]
         for make, what in stores:
-            for row in run_rows(make(), args.mode, args.beam, args.reps, args.tv_queries, args.tv_steps, args.leaf_size):
+            for row in run_rows(make(), args.mode, args.beam, args.reps, args.tv_queries, args.tv_steps, args.leaf_size,
+                                args.k):
                 row.update(prov, command=f"python benchmarks/tree.py {what} {tail}")
                 new.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     key = lambda r: (r.get("data", "synthetic"), r["n"], r["d"], r.get("spread", 0.6) or 0, r.get("leaf_size", 64),  # noqa: E731
-                     r.get("mode", "exact"))
+                     r.get("mode", "exact"), r.get("k", K))
     done = {key(r) for r in new}
     rows = sorted([r for r in old if key(r) not in done] + new, key=key)
     write_result("tree", {"rows": rows})

@@ -108,7 +108,8 @@ class TrainConfig:
     tree_leaf_size: int = field(default=64, metadata={"help": "tree: rows per leaf at build"})
     tree_mode: str = field(default="exact", metadata={"help": "tree: exact (adaptive rejection, exact softmax draws; an "
                            "exact pass when the bounds are loose) | proposal (a leaf by its centroid mass, a row in it "
-                           "exactly, weighted by its exact probability: never a full pass)"})
+                           "exactly, weighted by its exact probability: never a full pass) | descend (the "
+                           "same, the leaf reached by walking down the tree: no product with every leaf)"})
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})
@@ -208,7 +209,7 @@ LIMITS: dict[str, dict] = {
     "refresh_fraction": {"ge": 0, "le": 1}, "refresh_order": {"choices": ("oldest", "random")},
     "prefilter_top": {"ge": 0}, "prefilter_nprobe": {"ge": 1}, "prefilter_nlist": {"ge": 0}, "prefilter_rebuild": {"ge": 1},
     "tree_beam": {"ge": 0}, "tree_branching": {"ge": 2}, "tree_leaf_size": {"ge": 1},
-    "tree_mode": {"choices": ("exact", "proposal")},
+    "tree_mode": {"choices": ("exact", "proposal", "descend")},
     "stream_policy": {"choices": ("fifo", "lru")}, "store_dtype": {"choices": ("fp32", "fp16", "bf16")},
     "store_device": {"choices": ("auto", "cpu", "cuda"), "prefix": "cuda:"}, "store_max_ram_mb": {"ge": 0},
     "write_back": {"choices": ("eval", "train", "none")}, "diagnose_every": {"ge": 0},

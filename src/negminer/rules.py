@@ -63,7 +63,7 @@ def _cache_adjust(cfg, caps):
 
 
 def _tree_adjust(cfg, caps):
-    if cfg.tree_mode == "proposal":
+    if cfg.tree_mode in ("proposal", "descend"):
         caps -= {"softmax", "log_z"}  # draws from the tree's proposal, not the softmax
 
 
@@ -103,13 +103,14 @@ SAMPLERS = [
              correction="log pi over the queue's rows (-inf outside it: in-batch-only terms)"),
     _sampler("tree", "tree:TreeSampler", "exact draws from the softmax over every cached target by a dynamic k-means tree's "
              "bounds and adaptive rejection (with replacement); --tree-mode proposal: draws from the tree's "
-             "proposal (leaf by centroid mass, row within it exactly)",
+             "proposal (leaf by centroid mass, row within it exactly); --tree-mode descend: the same, the leaf "
+             "reached by walking down the tree",
              SCORED + ("tree_beam", "tree_branching", "tree_leaf_size", "tree_mode") + STORE_OPTS,
              _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"), adjust=_tree_adjust,
-             limits="--tree-mode proposal draws from the tree's proposal, not the softmax: no loss that needs "
+             limits="--tree-mode proposal and descend draw from the tree's proposal, not the softmax: no loss that needs "
                 "softmax draws (cache-surrogate)",
              correction="log pi = log k + s - log Z_hat (Z_hat: scored leaves exact, the rest estimated); "
-                "proposal mode: log pi = log k + log Q(leaf) + s - log M_leaf, exact"),
+                "proposal and descend modes: log pi = log k + log Q(leaf) + s - log M_leaf, exact"),
     _sampler("mined", "mined:MinedSampler", "k of each query's fixed mined list, uniformly (no proposal over all targets)",
              ("num_negatives", "mined_file", "share_negatives"), _caps("draws")),
     _sampler("all", "all:AllSampler", "every target is a negative (the exact full softmax, encoded in chunks with a cached "

@@ -21,6 +21,7 @@ SAMPLERS = {  # name -> TrainConfig options
     "cache-stream": {"negatives": "cache-stream", "cache_size": 300},
     "tree": {"negatives": "tree", "tree_beam": 2, "tree_leaf_size": 16},
     "tree-proposal": {"negatives": "tree", "tree_beam": 2, "tree_leaf_size": 16, "tree_mode": "proposal"},
+    "tree-descend": {"negatives": "tree", "tree_leaf_size": 16, "tree_branching": 4, "tree_mode": "descend"},
     "mined": {"negatives": "mined"},
 }
 AXES = {

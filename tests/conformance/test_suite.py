@@ -67,4 +67,4 @@ def test_the_fast_tier_covers_every_pair_of_axis_values():
 
     assert set().union(*(pairs(c) for c in FAST)) == set().union(*(pairs(c) for c in CASES))
     assert {c["sampler"] for c in FAST} == {"uniform", "exact", "cache", "cache-partial", "prefilter", "cache-stream",
-                                           "tree", "tree-proposal", "mined"}
+                                           "tree", "tree-proposal", "tree-descend", "mined"}

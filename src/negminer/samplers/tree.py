@@ -38,6 +38,13 @@ sees only the leaves Q draws, so it is low where Q misses mass (1e6 spread clust
 0.37 from the softmax and 1,280 exact draws 0.18): the exact TV is the diagnostics' (``--diagnose-every``;
 ``proposal()`` gives log Q over every row).
 
+Descend mode (``--tree-mode descend``): the proposal built top-down, as Monath et al.'s tree is searched. A draw
+starts at the root and at each level takes a child c of its node with probability w_c / sum_{siblings} w
+(w_c = live_c e^{<q, c_c> / tau_s}), then a row of the leaf it reaches exactly; log Q_j is the sum of its steps'
+log probabilities plus s_j - log M_n, exact, so the correction is as in proposal mode. Its cost per draw is
+b x depth centre products and one leaf, where proposal mode takes a product with every leaf (580K of them at 2e7
+rows): the choice for stores too large for one pass over the leaves. No beam; ``tree_tv`` as in proposal mode.
+
 A query still short of k accepted draws after ``rounds`` rounds gets masked slots (``tree_short`` in
 the log). The store tells the tree which rows each write changed; the tree keeps its bounds valid in
 place (index/tree.py). Logged: ``tree_accept`` (acceptance rate of proposals), ``tree_scored`` (leaves
@@ -45,6 +52,7 @@ scored per query), ``tree_logz_gap`` (upper - lower log Z), ``tree_exact_mass`` 
 
 Example::  negminer train --negatives tree --num-negatives 64 --tree-beam 8 --refresh auto,nystrom
            negminer train --negatives tree --tree-mode proposal --num-negatives 64
+           negminer train --negatives tree --tree-mode descend --num-negatives 8
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from negminer.samplers.base import Draw, Sampler, stream_draw
 
 NEG_INF = -math.inf
 BLOCK = 1024
+MODES = ("exact", "proposal", "descend")
 
 
 class TreeSampler(Sampler):
@@ -71,8 +80,8 @@ class TreeSampler(Sampler):
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
                  estimate: int = 64, fallback: int = 8, min_share: float = 0.01, max_proposals: int = 32768,
                  mode: str = "exact", seed: int = 0, **kw):
-        if mode not in ("exact", "proposal"):
-            raise ValueError(f"tree: mode must be exact or proposal, not {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"tree: mode must be one of {', '.join(MODES)}, not {mode!r}")
         kw["replacement"] = True
         super().__init__(k, **kw)
         self.mode = mode
@@ -116,28 +125,28 @@ class TreeSampler(Sampler):
         return ~bad
 
     def _score(self, q, scale, batch, store, qi, leaf):
-        """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows;
-        each distinct (query, leaf) pair is scored once, and only the filled slots are read (leaves
-        differ in fill, so the rows are gathered flat, not padded to the widest leaf)."""
+        """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows.
+        The distinct leaves' rows are read once and scored against every query by one product in the store's
+        compute dtype (as the exact pass scores them): a leaf drawn by many queries costs one read, and a
+        matmul beats a matvec per (query, leaf) by far more than the unneeded products cost."""
         key, inv = (qi * len(self.tree.members) + leaf).unique(return_inverse=True)
         uq, ul = key // len(self.tree.members), key % len(self.tree.members)
-        mem = self.tree.members[ul, :max(1, int(self.tree.fill[ul].max()))]
+        lu, linv = ul.unique(return_inverse=True)
+        mem = self.tree.members[lu, :max(1, int(self.tree.fill[lu].max()))]            # [U, w]
         ok = mem >= 0
-        rows, fq = mem[ok], uq.unsqueeze(1).expand_as(mem)[ok]
-        raw = torch.empty(len(rows))
-        ends = torch.bincount(fq, minlength=len(q)).cumsum(0).tolist()  # pairs are sorted by query: a matvec each
-        starts = [0] + ends[:-1]
-        for c in range(0, len(rows), 1 << 18):  # one read of [2^18, d] rows at a time (a read per query cost more)
-            e = min(len(rows), c + (1 << 18))
-            emb = store.embeddings(rows[c:e])
-            for i, (lo, hi) in enumerate(zip(starts, ends)):
-                lo, hi = max(lo, c), min(hi, e)
-                if hi > lo:
-                    torch.mv(emb[lo - c:hi - c], q[i], out=raw[lo:hi])
-        good = self._usable(q, fq, rows.unsqueeze(1), batch, raw.unsqueeze(1)).squeeze(1)
-        s = torch.full(mem.shape, NEG_INF)
-        s[ok] = (raw * scale).masked_fill(~good, NEG_INF)
+        raw = torch.zeros(len(q), *mem.shape)
+        raw[:, ok] = self._raw(q, store, mem[ok])
+        raw, mem = raw[uq, linv], mem[linv]                                                # [P', w]
+        good = self._usable(q, uq, mem, batch, raw)
+        s = (raw * scale).masked_fill(~good, NEG_INF)
         return s[inv], mem[inv]
+
+    @staticmethod
+    def _raw(q, store, rows):
+        """[B, M] float32 scores of store ``rows`` for every query, as the store's scoring pass computes them."""
+        if len(rows) == 0:
+            return torch.zeros(len(q), 0)
+        return store.scores(q, rows).float().cpu()
 
     def _leaves(self):
         """[leaves padded to whole blocks, d + 2] rows (c_n, r_n, log live_n), so that one product with
@@ -168,6 +177,8 @@ class TreeSampler(Sampler):
     def sample(self, q, batch, store) -> Draw:
         if self.mode == "proposal":
             return self._sample_proposal(q, batch, store)
+        if self.mode == "descend":
+            return self._sample_descend(q, batch, store)
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale = self.scale(batch)
@@ -319,6 +330,78 @@ class TreeSampler(Sampler):
                            "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
 
+    def _sample_descend(self, q, batch, store) -> Draw:
+        """--tree-mode descend: each of k draws walks down from the root, taking a child with probability
+        w_c / sum of its siblings' w (w_c = live_c e^{<q, c_c> / tau_s}), then a row of the leaf it reaches
+        exactly; log Q is the sum of the steps' log probabilities. Per draw b x depth centre products and one
+        leaf, never a product with every leaf."""
+        t, b, k = self.tree, len(q), self.k
+        q = q.detach().float().cpu()
+        scale, g = self.scale(batch), batch.generator
+        qs = q * scale
+        qi = torch.arange(b).repeat_interleave(k)
+        node, log_q_leaf = torch.zeros(b * k, dtype=torch.long), torch.zeros(b * k)
+        for lv in range(t.depth):
+            n_lv = len(t.center[lv])
+            key, inv = (qi * n_lv + node).unique(return_inverse=True)
+            kq, kn = key // n_lv, key % n_lv
+            ch, ok = t.children(lv, kn)                                                 # [P, b]
+            if b * len(t.center[lv + 1]) <= 8 * ch.numel():  # a small level: one product with all its nodes
+                lw = self._log_w_all(qs, lv + 1)[kq.unsqueeze(1), ch]
+            else:
+                lw = torch.bmm(t.center[lv + 1][ch], qs[kq].unsqueeze(2)).squeeze(2) + self._log_live(lv + 1, ch)
+            lw = lw.masked_fill(~ok, NEG_INF)
+            lw = (lw - torch.logsumexp(lw, 1, keepdim=True)).nan_to_num(nan=NEG_INF)[inv]  # [b k, b]
+            j = _gumbel_argmax(lw, g).unsqueeze(1)
+            node = ch[inv].gather(1, j).squeeze(1)
+            log_q_leaf = log_q_leaf + lw.gather(1, j).squeeze(1)
+        s, mem = self._score(q, scale, batch, store, qi, node)
+        m_n = torch.logsumexp(s, dim=1)
+        j = _gumbel_argmax(s, g).unsqueeze(1)
+        ids, s_ids = mem.gather(1, j).squeeze(1), s.gather(1, j).squeeze(1)
+        mask = (~torch.isfinite(m_n) | ~torch.isfinite(log_q_leaf)).view(b, k)
+        log_q_leaf = log_q_leaf.view(b, k)
+        log_pi = (math.log(k) + log_q_leaf + (s_ids - m_n).view(b, k)).masked_fill(mask, NEG_INF)
+        ids = ids.view(b, k).masked_fill(mask, 0)
+        r = (m_n.view(b, k) - log_q_leaf).masked_fill(mask, NEG_INF)  # as in proposal mode: the draws' TV estimate
+        lse = torch.logsumexp(r, 1, keepdim=True)
+        tv = 0.5 * ((r - lse + math.log(k)).exp() - 1).abs().mean(1)
+        has = torch.isfinite(lse.squeeze(1))
+
+        def cross(rows):
+            return math.log(k) + self._descend_log_q(q, scale, batch, store, rows.cpu())
+
+        self.log_z_bounds = None
+        self.last_stats = {"tree_fallback": 0, "tree_scored": len((qi * len(t.members) + node).unique()) / b,
+                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0, "tree_short": int(mask.sum())}
+        return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
+
+    def _log_live(self, level, nodes):
+        return self.tree.count(level, nodes, live=True).float().log()
+
+    def _log_w_all(self, qs, level):
+        """[B, nodes of ``level``] log w = <q, c> / tau_s + log live."""
+        t = self.tree
+        return qs @ t.center[level].T + self._log_live(level, torch.arange(len(t.center[level])))
+
+    def _descend_log_q(self, q, scale, batch, store, rows):
+        """log Q [B, M] of store ``rows`` under --tree-mode descend (-inf: removed or unusable for that query)."""
+        t, qs = self.tree, q * scale
+        leaf = t.leaf_of[rows]
+        path = t.ancestors(leaf.clamp(min=0))
+        out = torch.zeros(len(q), len(rows))
+        for lv in range(t.depth):
+            par, inv = path[lv].unique(return_inverse=True)
+            ch, ok = t.children(lv, par)                                                # [U, b]
+            lw = (torch.einsum("bd,ucd->buc", qs, t.center[lv + 1][ch]) + self._log_live(lv + 1, ch)).masked_fill(~ok, NEG_INF)
+            lw = lw - torch.logsumexp(lw, 2, keepdim=True)
+            pos = path[lv + 1] - t.child_lo[lv][path[lv]]
+            out += lw[:, inv, pos]
+        ul, linv = leaf.clamp(min=0).unique(return_inverse=True)
+        m_n = torch.logsumexp(self._score_leaves(q, scale, batch, store, ul), dim=2)[:, linv]
+        out = out + self._cross_logits(q, batch, store, scale, rows) - m_n
+        return out.masked_fill((leaf < 0).unsqueeze(0), NEG_INF).nan_to_num(nan=NEG_INF)
+
     def _proposal_env(self, q, scale, batch, store):
         """The proposal's leaf masses: log w_n [B, leaves padded] (live_n e^{<q, c_n> / tau_s}; the beam's leaves at
         their exact mass), per block of leaves [B, nb], their total log W [B], and the beam's width."""
@@ -357,7 +440,7 @@ class TreeSampler(Sampler):
         mem = self.tree.members[leaves, :max(1, int(self.tree.fill[leaves].max()))]
         ok = mem >= 0
         rows = mem[ok]
-        raw = q @ store.embeddings(rows).T                                               # [B, R]
+        raw = self._raw(q, store, rows)                                                  # [B, R]
         flat = raw * scale
         eq, ep = batch.excl.positions(rows)
         flat[eq, ep] = NEG_INF
@@ -402,12 +485,12 @@ class TreeSampler(Sampler):
         if over is None:
             return None
         qf, over = q.detach().float().cpu(), over.float().cpu()
-        return lambda rows: qf @ store.embeddings(rows.reshape(-1).cpu()).T > over.unsqueeze(1)
+        return lambda rows: self._raw(qf, store, rows.reshape(-1).cpu()) > over.unsqueeze(1)
 
     def _cross_logits(self, q, batch, store, scale, rows):
         """[B, M] logits of ``rows`` for every query, -inf where unusable (excluded, margin)."""
         rows = rows.cpu()
-        raw = q @ store.embeddings(rows).T
+        raw = self._raw(q, store, rows)
         qi = torch.arange(len(q))
         ok = self._usable(q, qi, rows.expand(len(q), -1), batch, raw)
         return (raw * scale).masked_fill(~ok, NEG_INF)
@@ -416,11 +499,13 @@ class TreeSampler(Sampler):
         """log Q [B, N] of one draw: the exact softmax over usable rows, or in proposal mode the tree's proposal
         (diagnostics: its exact TV from the softmax; small N only)."""
         q = q.detach().float().cpu()
+        if self.mode == "descend":
+            return self._descend_log_q(q, self.scale(batch), batch, store, torch.arange(store.n))
         if self.mode == "proposal":
             scale = self.scale(batch)
             env, _, log_w, _ = self._proposal_env(q, scale, batch, store)
             return self._proposal_log_q(q, scale, batch, store, torch.arange(store.n), env, log_w)
-        raw = q @ store.embeddings().T
+        raw = self._raw(q, store, torch.arange(store.n))
         rows = torch.arange(store.n).expand(len(q), -1)
         s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
         return s - torch.logsumexp(s, dim=1, keepdim=True)
