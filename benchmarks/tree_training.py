@@ -2,7 +2,8 @@
 
 The cache (drawn rows written back, no extra refresh) draws exactly from the softmax over the stale store by
 one pass; the tree in ``exact`` mode draws the same distribution (an exact pass when its bounds are loose);
-in ``proposal`` mode it never passes over the store and corrects by its proposal's exact probabilities. Same
+in ``proposal`` mode it never passes over the store and corrects by its proposal's exact probabilities, as does
+``descend`` mode (the leaf reached by walking down the tree). Same
 seed, data order, steps and encoder for all three, so per-query paired tests (seeds averaged per query) say
 whether the proposal loses quality per step. Presets:
 
@@ -43,6 +44,7 @@ METHODS = {
     "cache": ["--negatives", "cache"],
     "tree": ["--negatives", "tree"],
     "tree proposal": ["--negatives", "tree", "--tree-mode", "proposal"],
+    "tree descend": ["--negatives", "tree", "--tree-mode", "descend"],
 }
 
 
