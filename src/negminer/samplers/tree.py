@@ -134,9 +134,11 @@ class TreeSampler(Sampler):
         lu, linv = ul.unique(return_inverse=True)
         mem = self.tree.members[lu, :max(1, int(self.tree.fill[lu].max()))]            # [U, w]
         ok = mem >= 0
-        raw = torch.zeros(len(q), *mem.shape)
-        raw[:, ok] = self._raw(q, store, mem[ok])
-        raw, mem = raw[uq, linv], mem[linv]                                                # [P', w]
+        pos = torch.zeros(mem.shape, dtype=torch.long)
+        pos[ok] = torch.arange(int(ok.sum()))
+        raw = self._raw(q, store, mem[ok])                                                 # [B, R]
+        raw = raw[uq.unsqueeze(1), pos[linv]] if raw.shape[1] else torch.zeros(len(uq), mem.shape[1])
+        mem = mem[linv]                                                                    # [P', w]
         good = self._usable(q, uq, mem, batch, raw)
         s = (raw * scale).masked_fill(~good, NEG_INF)
         return s[inv], mem[inv]
