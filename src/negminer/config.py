@@ -109,7 +109,8 @@ class TrainConfig:
     tree_mode: str = field(default="exact", metadata={"help": "tree: exact (adaptive rejection, exact softmax draws; an "
                            "exact pass when the bounds are loose) | proposal (a leaf by its centroid mass, a row in it "
                            "exactly, weighted by its exact probability: never a full pass) | descend (the "
-                           "same, the leaf reached by walking down the tree: no product with every leaf)"})
+                           "same over the --tree-beam leaves a beam search down the tree finds, plus a uniform tail: "
+                           "no product with every leaf)"})
     stream_policy: str = field(default="fifo", metadata={"help": "cache-stream: fifo | lru"})
     store_dtype: str = field(default="fp32", metadata={"help": "cached embeddings: fp32 | fp16 | bf16"})
     store_path: str = field(default="", metadata={"help": "memory-map the cached embeddings to this .npy file"})

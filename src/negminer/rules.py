@@ -103,8 +103,8 @@ SAMPLERS = [
              correction="log pi over the queue's rows (-inf outside it: in-batch-only terms)"),
     _sampler("tree", "tree:TreeSampler", "exact draws from the softmax over every cached target by a dynamic k-means tree's "
              "bounds and adaptive rejection (with replacement); --tree-mode proposal: draws from the tree's "
-             "proposal (leaf by centroid mass, row within it exactly); --tree-mode descend: the same, the leaf "
-             "reached by walking down the tree",
+             "proposal (leaf by centroid mass, row within it exactly); --tree-mode descend: the same over the "
+             "leaves a beam search down the tree finds, plus a uniform tail",
              SCORED + ("tree_beam", "tree_branching", "tree_leaf_size", "tree_mode") + STORE_OPTS,
              _caps(STORE, "draws", "log_pi", "cross", "scores", "softmax", "log_z"), adjust=_tree_adjust,
              limits="--tree-mode proposal and descend draw from the tree's proposal, not the softmax: no loss that needs "

@@ -92,14 +92,15 @@ def test_loose_bounds_fall_back_to_one_exact_pass():
     assert bool(torch.isfinite(d.log_pi).all())
 
 
-@pytest.mark.parametrize("mode", ["proposal", "descend"])
-def test_proposal_modes_draw_from_their_exact_q_and_the_estimate_of_z_is_unbiased(mode):
-    """--tree-mode proposal (leaf by centroid mass, the beam's leaves by exact mass) and descend (the leaf reached
-    by walking down, a child by its centroid mass among its siblings), a row within the leaf exactly: the draws
+@pytest.mark.parametrize("mode,beam", [("proposal", 2), ("descend", 2), ("descend", 1)])
+def test_proposal_modes_draw_from_their_exact_q_and_the_estimate_of_z_is_unbiased(mode, beam):
+    """--tree-mode proposal (leaf by centroid mass, the beam's leaves by exact mass) and descend (a leaf among the
+    beam search's candidates by exact mass, or any by size; with beam 1 query 0's only candidate is its positive's
+    leaf, wholly excluded, so all its draws come from the tail), a row within the leaf exactly: the draws
     follow Q as ``cross`` computes it (a separate code path), log pi is log k Q_j exactly (so sum exp(s - log pi) is
     unbiased for Z), Q sums to one over the usable rows and is 0 on excluded ones, and no step falls back to a
     full pass; spread clusters (loose bounds) and a leaf whose every row is excluded for one query."""
-    E, store, s = setup(beam=2, seed=2)
+    E, store, s = setup(beam=beam, seed=2)
     s.mode = mode
     leaf = s.tree.leaf_of
     full = s.tree.members[int(leaf[7])]
@@ -110,6 +111,7 @@ def test_proposal_modes_draw_from_their_exact_q_and_the_estimate_of_z_is_unbiase
         b = batch(E, [7, 300], ex, step=step)
         d = s.sample(q, b, store)
         assert s.last_stats["tree_fallback"] == 0 and 0 <= s.last_stats["tree_tv"] <= 1
+        assert mode != "descend" or beam != 1 or s.last_stats["tree_cand_draws"] < 0.95  # query 0: tail draws only
         masked += d.mask.sum(1)
         for i in range(2):
             counts[i] += torch.bincount(d.ids[i][~d.mask[i]], minlength=len(E)).float()

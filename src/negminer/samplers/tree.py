@@ -38,12 +38,14 @@ sees only the leaves Q draws, so it is low where Q misses mass (1e6 spread clust
 0.37 from the softmax and 1,280 exact draws 0.18): the exact TV is the diagnostics' (``--diagnose-every``;
 ``proposal()`` gives log Q over every row).
 
-Descend mode (``--tree-mode descend``): the proposal built top-down, as Monath et al.'s tree is searched. A draw
-starts at the root and at each level takes a child c of its node with probability w_c / sum_{siblings} w
-(w_c = live_c e^{<q, c_c> / tau_s}), then a row of the leaf it reaches exactly; log Q_j is the sum of its steps'
-log probabilities plus s_j - log M_n, exact, so the correction is as in proposal mode. Its cost per draw is
-b x depth centre products and one leaf, where proposal mode takes a product with every leaf (580K of them at 2e7
-rows): the choice for stores too large for one pass over the leaves. No beam; ``tree_tv`` as in proposal mode.
+Descend mode (``--tree-mode descend``): proposal mode without its product with every leaf (580K leaves at
+2e7 rows). A beam search down the tree (the ``beam`` best nodes per level by upper bound, as index/tree.py's
+approximate top-k) gives each query its candidate leaves C_q, scored exactly (masses M_n, total Z_C); a draw takes
+a leaf n with probability Q(n) = (1 - tail) 1[n in C_q] M_n / Z_C + tail live_n / N_live (the uniform tail, 0.1,
+keeps every row reachable, so the correction stays unbiased), then a row of it exactly: log Q_j = log Q(n) + s_j -
+log M_n. Cost per query: beam x b x depth centre products and beam + k tail leaves. (Walking down by centroid mass
+instead was tried and dropped: an upper node's centroid, the mean of thousands of rows, says little about where
+its mass is, and the draws scattered over ~60 leaves per query, TV ~0.9, on tight clusters.)
 
 A query still short of k accepted draws after ``rounds`` rounds gets masked slots (``tree_short`` in
 the log). The store tells the tree which rows each write changed; the tree keeps its bounds valid in
@@ -79,12 +81,14 @@ class TreeSampler(Sampler):
 
     def __init__(self, k: int, beam: int = 8, branching: int = 16, leaf_size: int = 64, rounds: int = 16,
                  estimate: int = 64, fallback: int = 8, min_share: float = 0.01, max_proposals: int = 32768,
-                 mode: str = "exact", seed: int = 0, **kw):
+                 mode: str = "exact", tail: float = 0.1, seed: int = 0, **kw):
         if mode not in MODES:
             raise ValueError(f"tree: mode must be one of {', '.join(MODES)}, not {mode!r}")
         kw["replacement"] = True
         super().__init__(k, **kw)
-        self.mode = mode
+        if not 0 < tail <= 1:
+            raise ValueError(f"tree: tail must be in (0, 1], not {tail}")
+        self.mode, self.tail = mode, tail
         self.beam, self.rounds, self.estimate, self.fallback, self.seed = beam, rounds, estimate, fallback, seed
         self.max_proposals, self.min_share = max_proposals, min_share
         self.tree_args = dict(branching=branching, leaf_size=leaf_size, seed=seed)
@@ -333,76 +337,85 @@ class TreeSampler(Sampler):
         return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
 
     def _sample_descend(self, q, batch, store) -> Draw:
-        """--tree-mode descend: each of k draws walks down from the root, taking a child with probability
-        w_c / sum of its siblings' w (w_c = live_c e^{<q, c_c> / tau_s}), then a row of the leaf it reaches
-        exactly; log Q is the sum of the steps' log probabilities. Per draw b x depth centre products and one
-        leaf, never a product with every leaf."""
+        """--tree-mode descend: Q(n) = (1 - tail) 1[n in C_q] M_n / Z_C + tail live_n / N_live over leaves (C_q: the
+        ``beam`` leaves a beam search down the tree finds by upper bound, scored exactly; Z_C their mass), then a row
+        of the leaf exactly: log Q_j = log Q(n) + s_j - log M_n. No product with every leaf."""
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale, g = self.scale(batch), batch.generator
-        qs = q * scale
-        qi = torch.arange(b).repeat_interleave(k)
-        node, log_q_leaf = torch.zeros(b * k, dtype=torch.long), torch.zeros(b * k)
-        for lv in range(t.depth):
-            n_lv = len(t.center[lv])
-            key, inv = (qi * n_lv + node).unique(return_inverse=True)
-            kq, kn = key // n_lv, key % n_lv
-            ch, ok = t.children(lv, kn)                                                 # [P, b]
-            if b * len(t.center[lv + 1]) <= 8 * ch.numel():  # a small level: one product with all its nodes
-                lw = self._log_w_all(qs, lv + 1)[kq.unsqueeze(1), ch]
-            else:
-                lw = torch.bmm(t.center[lv + 1][ch], qs[kq].unsqueeze(2)).squeeze(2) + self._log_live(lv + 1, ch)
-            lw = lw.masked_fill(~ok, NEG_INF)
-            lw = (lw - torch.logsumexp(lw, 1, keepdim=True)).nan_to_num(nan=NEG_INF)[inv]  # [b k, b]
-            j = _gumbel_argmax(lw, g).unsqueeze(1)
-            node = ch[inv].gather(1, j).squeeze(1)
-            log_q_leaf = log_q_leaf + lw.gather(1, j).squeeze(1)
-        s, mem = self._score(q, scale, batch, store, qi, node)
-        m_n = torch.logsumexp(s, dim=1)
+        cand, cok = t._descend(q, q.norm(dim=1, keepdim=True), max(1, self.beam))     # [B, W] leaves
+        w = cand.shape[1]
+        from_c = torch.rand(b, k, generator=g) >= self.tail
+        u = (torch.rand(b, k, generator=g, dtype=torch.float64) * int(t.live_prefix[-1])).long()
+        tail_leaf = (torch.searchsorted(t.live_prefix, u, right=True) - 1).clamp(0, len(t.members) - 1)
+        qc, qk = torch.arange(b).unsqueeze(1).expand(b, w), torch.arange(b).unsqueeze(1).expand(b, k)
+        tail_q = ~from_c                                     # tail leaves are scored only where a draw takes one
+        s, mem = self._score(q, scale, batch, store, torch.cat([qc.flatten(), qk[tail_q]]),
+                             torch.cat([cand.flatten(), tail_leaf[tail_q]]))   # each distinct (query, leaf) once
+        m = torch.logsumexp(s, dim=1)
+        m_c = m[:b * w].view(b, w).masked_fill(~cok, NEG_INF)
+        log_zc = torch.logsumexp(m_c, dim=1)
+        slot = torch.zeros(b, k, dtype=torch.long)
+        slot[tail_q] = b * w + torch.arange(int(tail_q.sum()))
+        late = from_c & ~torch.isfinite(log_zc).unsqueeze(1)  # no usable candidate: every draw of the query is a tail draw
+        if bool(late.any()):
+            s2, mem2 = self._score(q, scale, batch, store, qk[late], tail_leaf[late])
+            wd = max(s.shape[1], s2.shape[1])
+            s = torch.cat([_pad(s, wd, NEG_INF), _pad(s2, wd, NEG_INF)])
+            mem = torch.cat([_pad(mem, wd, -1), _pad(mem2, wd, -1)])
+            m = torch.cat([m, torch.logsumexp(s2, dim=1)])
+            slot[late] = len(m) - len(s2) + torch.arange(len(s2))
+            from_c &= ~late
+        pick = _categorical(m_c, k, g)                                                  # [B, k] candidate slots
+        slot = torch.where(from_c, qc.gather(1, pick) * w + pick, slot)
+        leaf = torch.where(from_c, cand.gather(1, pick), tail_leaf)
+        s, mem, m_n = s[slot.flatten()], mem[slot.flatten()], m[slot.flatten()]
         j = _gumbel_argmax(s, g).unsqueeze(1)
-        ids, s_ids = mem.gather(1, j).squeeze(1), s.gather(1, j).squeeze(1)
-        mask = (~torch.isfinite(m_n) | ~torch.isfinite(log_q_leaf)).view(b, k)
-        log_q_leaf = log_q_leaf.view(b, k)
-        log_pi = (math.log(k) + log_q_leaf + (s_ids - m_n).view(b, k)).masked_fill(mask, NEG_INF)
-        ids = ids.view(b, k).masked_fill(mask, 0)
-        r = (m_n.view(b, k) - log_q_leaf).masked_fill(mask, NEG_INF)  # as in proposal mode: the draws' TV estimate
+        ids, s_ids = mem.gather(1, j).squeeze(1).view(b, k), s.gather(1, j).squeeze(1).view(b, k)
+        m_n = m_n.view(b, k)
+        in_c = ((leaf.unsqueeze(2) == cand.unsqueeze(1)) & cok.unsqueeze(1)).any(2)
+        log_q_leaf = self._descend_log_q_leaf(leaf, in_c, m_n, log_zc)
+        mask = ~torch.isfinite(m_n) | ~torch.isfinite(log_q_leaf)
+        log_pi = (math.log(k) + log_q_leaf + s_ids - m_n).masked_fill(mask, NEG_INF)
+        ids = ids.masked_fill(mask, 0)
+        r = (m_n - log_q_leaf).masked_fill(mask, NEG_INF)  # as in proposal mode: the draws' TV estimate
         lse = torch.logsumexp(r, 1, keepdim=True)
         tv = 0.5 * ((r - lse + math.log(k)).exp() - 1).abs().mean(1)
         has = torch.isfinite(lse.squeeze(1))
 
         def cross(rows):
-            return math.log(k) + self._descend_log_q(q, scale, batch, store, rows.cpu())
+            return math.log(k) + self._descend_log_q(q, scale, batch, store, rows.cpu(), cand, cok, log_zc)
 
         self.log_z_bounds = None
-        self.last_stats = {"tree_fallback": 0, "tree_scored": len((qi * len(t.members) + node).unique()) / b,
-                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0, "tree_short": int(mask.sum())}
+        self.last_stats = {"tree_fallback": 0, "tree_scored": (b * w + int((~from_c).sum())) / b,
+                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0, "tree_short": int(mask.sum()),
+                           "tree_cand_draws": float(from_c.float().mean())}
         return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
 
-    def _log_live(self, level, nodes):
-        return self.tree.count(level, nodes, live=True).float().log()
+    def _descend_log_q_leaf(self, leaf, in_c, m_n, log_zc):
+        """log Q(n) of leaves [B, M] (``in_c``: among the query's candidates; ``m_n``: their log M)."""
+        zc = log_zc.unsqueeze(1)
+        a = torch.where(in_c & torch.isfinite(zc), math.log1p(-self.tail) + m_n - zc, torch.full_like(m_n, NEG_INF))
+        tail = torch.where(torch.isfinite(zc), math.log(self.tail), 0.0)  # no usable candidate: every draw is a tail draw
+        t_n = (self.tree.live[leaf].float() / int(self.tree.live_prefix[-1])).log() + tail
+        return torch.logaddexp(a, t_n)
 
-    def _log_w_all(self, qs, level):
-        """[B, nodes of ``level``] log w = <q, c> / tau_s + log live."""
-        t = self.tree
-        return qs @ t.center[level].T + self._log_live(level, torch.arange(len(t.center[level])))
-
-    def _descend_log_q(self, q, scale, batch, store, rows):
+    def _descend_log_q(self, q, scale, batch, store, rows, cand, cok, log_zc):
         """log Q [B, M] of store ``rows`` under --tree-mode descend (-inf: removed or unusable for that query)."""
-        t, qs = self.tree, q * scale
-        leaf = t.leaf_of[rows]
-        path = t.ancestors(leaf.clamp(min=0))
-        out = torch.zeros(len(q), len(rows))
-        for lv in range(t.depth):
-            par, inv = path[lv].unique(return_inverse=True)
-            ch, ok = t.children(lv, par)                                                # [U, b]
-            lw = (torch.einsum("bd,ucd->buc", qs, t.center[lv + 1][ch]) + self._log_live(lv + 1, ch)).masked_fill(~ok, NEG_INF)
-            lw = lw - torch.logsumexp(lw, 2, keepdim=True)
-            pos = path[lv + 1] - t.child_lo[lv][path[lv]]
-            out += lw[:, inv, pos]
+        leaf = self.tree.leaf_of[rows]
         ul, linv = leaf.clamp(min=0).unique(return_inverse=True)
-        m_n = torch.logsumexp(self._score_leaves(q, scale, batch, store, ul), dim=2)[:, linv]
-        out = out + self._cross_logits(q, batch, store, scale, rows) - m_n
+        m_n = torch.logsumexp(self._score_leaves(q, scale, batch, store, ul), dim=2)[:, linv]   # [B, M]
+        lf = leaf.clamp(min=0).unsqueeze(0).expand(len(q), -1)
+        in_c = ((lf.unsqueeze(2) == cand.unsqueeze(1)) & cok.unsqueeze(1)).any(2)
+        out = self._descend_log_q_leaf(lf, in_c, m_n, log_zc) + self._cross_logits(q, batch, store, scale, rows) - m_n
         return out.masked_fill((leaf < 0).unsqueeze(0), NEG_INF).nan_to_num(nan=NEG_INF)
+
+    def _descend_env(self, q, scale, batch, store):
+        """The candidates [B, W], their validity and log Z_C [B] (the diagnostics' ``proposal``)."""
+        cand, cok = self.tree._descend(q, q.norm(dim=1, keepdim=True), max(1, self.beam))
+        qi = torch.arange(len(q)).unsqueeze(1).expand_as(cand)
+        m = torch.logsumexp(self._score(q, scale, batch, store, qi.flatten(), cand.flatten())[0], dim=1)
+        return cand, cok, torch.logsumexp(m.view_as(cand).masked_fill(~cok, NEG_INF), dim=1)
 
     def _proposal_env(self, q, scale, batch, store):
         """The proposal's leaf masses: log w_n [B, leaves padded] (live_n e^{<q, c_n> / tau_s}; the beam's leaves at
@@ -502,7 +515,8 @@ class TreeSampler(Sampler):
         (diagnostics: its exact TV from the softmax; small N only)."""
         q = q.detach().float().cpu()
         if self.mode == "descend":
-            return self._descend_log_q(q, self.scale(batch), batch, store, torch.arange(store.n))
+            scale = self.scale(batch)
+            return self._descend_log_q(q, scale, batch, store, torch.arange(store.n), *self._descend_env(q, scale, batch, store))
         if self.mode == "proposal":
             scale = self.scale(batch)
             env, _, log_w, _ = self._proposal_env(q, scale, batch, store)
@@ -511,6 +525,10 @@ class TreeSampler(Sampler):
         rows = torch.arange(store.n).expand(len(q), -1)
         s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
         return s - torch.logsumexp(s, dim=1, keepdim=True)
+
+
+def _pad(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value) if x.shape[1] < width else x
 
 
 def _block_lse(env3: torch.Tensor, chunk: int = 16):
