@@ -283,7 +283,7 @@ def table(rows, tests, lr) -> str:
         avg = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
         out.append(f"| {data} | {b} | {rec} | {rs[0]['lr']:g} | {len(rs)} | {avg('steps'):,.0f} | {avg('ndcg@10'):.4f} | "
                    f"{avg('recall@10'):.4f} | {avg('mine_seconds'):.0f} | {avg('target_encodes'):,.0f} | "
-                   f"{avg('query_encodes'):,.0f} | {max(r['peak_rss_mb'] or 0 for r in rs):,} |")
+                   f"{avg('query_encodes'):,.0f} | {max(r['peak_rss_mb'] or 0 for r in rs):,.0f} |")
     out += ["", "Paired tests per query against the best sentence-transformers recipe (seeds averaged per query):", "",
             "| data | budget s | recipe | vs | metric | diff | 95% CI | p (t) | p (Wilcoxon) | seeds |",
             "|---|---|---|---|---|---|---|---|---|---|"]
