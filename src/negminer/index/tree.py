@@ -342,7 +342,11 @@ class KMeansTree:
         for lv in range(self.depth):
             ids, cok = self.children(lv, nodes)
             ids, cok = ids.flatten(1), (cok & ok.unsqueeze(-1)).flatten(1)
-            up = torch.einsum("bd,bnd->bn", q, self.center[lv + 1][ids]) + qn * self.radius[lv + 1][ids]
+            c = self.center[lv + 1]
+            if len(c) <= 16 * ids.shape[1]:  # a small level: one product with all its nodes beats gathering centres
+                up = (q @ c.T).gather(1, ids) + qn * self.radius[lv + 1][ids]
+            else:
+                up = torch.einsum("bd,bnd->bn", q, c[ids]) + qn * self.radius[lv + 1][ids]
             up = up.masked_fill(~cok | (self.count(lv + 1, ids, live=True) == 0), NEG_INF)
             keep = up.topk(min(width, up.shape[1]), dim=1)
             nodes, ok = ids.gather(1, keep.indices), torch.isfinite(keep.values)

@@ -128,24 +128,42 @@ class TreeSampler(Sampler):
             bad |= raw > over[qi].unsqueeze(1)
         return ~bad
 
-    def _score(self, q, scale, batch, store, qi, leaf):
-        """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows.
-        The distinct leaves' rows are read once and scored against every query by one product in the store's
-        compute dtype (as the exact pass scores them): a leaf drawn by many queries costs one read, and a
-        matmul beats a matvec per (query, leaf) by far more than the unneeded products cost."""
-        key, inv = (qi * len(self.tree.members) + leaf).unique(return_inverse=True)
-        uq, ul = key // len(self.tree.members), key % len(self.tree.members)
+    def _score(self, q, scale, batch, store, qi, leaf, known=None):
+        """Logits [P, m] of the rows of leaf ``leaf[p]`` for query ``qi[p]`` (-inf: unusable) and the rows. Each
+        distinct (query, leaf) pair is scored once, pairs in ``known`` (``_score_pairs``' key, logits, rows) not
+        again (so a leaf's mass and its row draw read the same scores)."""
+        n_l = len(self.tree.members)
+        key, inv = (qi * n_l + leaf).unique(return_inverse=True)
+        if known is None or not len(known[0]):
+            s, mem = self._score_pairs(q, scale, batch, store, key)
+            return s[inv], mem[inv]
+        kk, ks, km = known
+        pos = torch.searchsorted(kk, key).clamp(max=len(kk) - 1)
+        hit = kk[pos] == key
+        ns, nm = self._score_pairs(q, scale, batch, store, key[~hit])
+        w = max(ks.shape[1], ns.shape[1])
+        s, mem = torch.full((len(key), w), NEG_INF), torch.full((len(key), w), -1, dtype=torch.long)
+        s[hit], mem[hit] = _pad(ks[pos[hit]], w, NEG_INF), _pad(km[pos[hit]], w, -1)
+        s[~hit], mem[~hit] = _pad(ns, w, NEG_INF), _pad(nm, w, -1)
+        return s[inv], mem[inv]
+
+    def _score_pairs(self, q, scale, batch, store, key):
+        """Logits and rows [K, w] of the distinct (query, leaf) pairs ``key`` (query x leaves + leaf). The distinct
+        leaves' rows are read once and scored against every query by one product in the store's compute dtype (as
+        the exact pass scores them): a leaf drawn by many queries costs one read, and a matmul beats a matvec per
+        pair by far more than the unneeded products cost."""
+        n_l = len(self.tree.members)
+        uq, ul = key // n_l, key % n_l
         lu, linv = ul.unique(return_inverse=True)
-        mem = self.tree.members[lu, :max(1, int(self.tree.fill[lu].max()))]            # [U, w]
+        mem = self.tree.members[lu, :max(1, int(self.tree.fill[lu].max()) if len(lu) else 1)]  # [U, w]
         ok = mem >= 0
         pos = torch.zeros(mem.shape, dtype=torch.long)
         pos[ok] = torch.arange(int(ok.sum()))
         raw = self._raw(q, store, mem[ok])                                                 # [B, R]
         raw = raw[uq.unsqueeze(1), pos[linv]] if raw.shape[1] else torch.zeros(len(uq), mem.shape[1])
-        mem = mem[linv]                                                                    # [P', w]
+        mem = mem[linv]                                                                    # [K, w]
         good = self._usable(q, uq, mem, batch, raw)
-        s = (raw * scale).masked_fill(~good, NEG_INF)
-        return s[inv], mem[inv]
+        return (raw * scale).masked_fill(~good, NEG_INF), mem
 
     @staticmethod
     def _raw(q, store, rows):
@@ -305,14 +323,14 @@ class TreeSampler(Sampler):
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale, g = self.scale(batch), batch.generator
-        env, blocks, log_w, n_beam = self._proposal_env(q, scale, batch, store)
+        env, blocks, log_w, n_beam, known = self._proposal_env(q, scale, batch, store)
         nb = blocks.shape[1]
         env3 = env.view(b, nb, BLOCK)
         blk = _categorical(blocks, k, g)                                                # [B, k]
         qi = torch.arange(b).unsqueeze(1).expand(b, k).flatten()
         key, inv = (qi * nb + blk.flatten()).unique(return_inverse=True)
         leaf = blk.flatten() * BLOCK + _draw_in_rows(env3[key // nb, key % nb], inv, g)
-        s, mem = self._score(q, scale, batch, store, qi, leaf)
+        s, mem = self._score(q, scale, batch, store, qi, leaf, known)
         m_n = torch.logsumexp(s, dim=1)
         j = _gumbel_argmax(s, g)
         ids, s_ids = mem.gather(1, j.unsqueeze(1)).squeeze(1), s.gather(1, j.unsqueeze(1)).squeeze(1)
@@ -419,7 +437,8 @@ class TreeSampler(Sampler):
 
     def _proposal_env(self, q, scale, batch, store):
         """The proposal's leaf masses: log w_n [B, leaves padded] (live_n e^{<q, c_n> / tau_s}; the beam's leaves at
-        their exact mass), per block of leaves [B, nb], their total log W [B], and the beam's width."""
+        their exact mass), per block of leaves [B, nb], their total log W [B], the beam's width and its scored pairs
+        (``_score_pairs``' key, logits, rows: the draws that land in the beam read them, not a second product)."""
         b = len(q)
         aug = self._leaves()
         nb = len(aug) // BLOCK
@@ -428,16 +447,19 @@ class TreeSampler(Sampler):
         torch.mm(torch.cat([qs, torch.zeros(b, 1), torch.ones(b, 1)], 1), aug.T, out=env)
         env3 = env.view(b, nb, BLOCK)
         blk_max, blocks = _block_lse(env3)
-        n_beam = min(self.beam, len(self.tree.members))
+        n_l = len(self.tree.members)
+        n_beam, known = min(self.beam, n_l), None
         if n_beam:
             top = _topk_by_block(env3, blk_max, n_beam)
             ok = torch.isfinite(top.values)
             qi = torch.arange(b).unsqueeze(1).expand_as(top.indices)[ok]
-            leaf = top.indices[ok]
-            env[qi, leaf] = torch.logsumexp(self._score(q, scale, batch, store, qi, leaf)[0], dim=1)
+            kk = (qi * n_l + top.indices[ok]).unique()
+            known = (kk, *self._score_pairs(q, scale, batch, store, kk))
+            qi, leaf = kk // n_l, kk % n_l
+            env[qi, leaf] = torch.logsumexp(known[1], dim=1)
             key = (qi * nb + leaf // BLOCK).unique()
             blocks[key // nb, key % nb] = torch.logsumexp(env3[key // nb, key % nb], dim=1)
-        return env, blocks, torch.logsumexp(blocks, dim=1), n_beam
+        return env, blocks, torch.logsumexp(blocks, dim=1), n_beam, known
 
     def _proposal_log_q(self, q, scale, batch, store, rows, env, log_w):
         """log Q [B, M] of store ``rows`` [M] under the proposal of ``env`` (-inf: unusable for that query)."""
@@ -519,7 +541,7 @@ class TreeSampler(Sampler):
             return self._descend_log_q(q, scale, batch, store, torch.arange(store.n), *self._descend_env(q, scale, batch, store))
         if self.mode == "proposal":
             scale = self.scale(batch)
-            env, _, log_w, _ = self._proposal_env(q, scale, batch, store)
+            env, _, log_w, _, _ = self._proposal_env(q, scale, batch, store)
             return self._proposal_log_q(q, scale, batch, store, torch.arange(store.n), env, log_w)
         raw = self._raw(q, store, torch.arange(store.n))
         rows = torch.arange(store.n).expand(len(q), -1)
