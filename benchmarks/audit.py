@@ -34,6 +34,8 @@ ROWS = [
     ("tree proposal, shared", ["--negatives", "tree", "--tree-mode", "proposal", "--share-negatives"]),
     ("tree descend", ["--negatives", "tree", "--tree-mode", "descend"]),
     ("tree descend, shared", ["--negatives", "tree", "--tree-mode", "descend", "--share-negatives"]),
+    ("tree descend, 400 draws", ["--negatives", "tree", "--tree-mode", "descend", "--draws", "400"]),
+    ("tree descend, beam 32", ["--negatives", "tree", "--tree-mode", "descend", "--tree-beam", "32"]),
     ("cache, margin 0.1", ["--negatives", "cache", "--margin", "0.1"]),
     ("cache, shared", ["--negatives", "cache", "--share-negatives"]),
     ("cache, NGAME (C=16)", ["--negatives", "cache", "--batching", "ngame", "--ngame-cluster-size", "16"]),

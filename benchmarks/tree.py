@@ -215,10 +215,12 @@ def table(rows) -> str:
             "accept | leaves scored per query | fallback | peak RSS MB |")
     out = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
+        beam = f" (beam {r['beam']})" if r.get("beam", 8) != 8 else ""
+
         def f(key, fmt="{:.1f}", unit=""):
             return "-" if r.get(key) is None else fmt.format(r[key]) + unit
         out.append(
-            f"| {r.get('data', 'synthetic')} | {r.get('mode', 'exact')} | {r.get('k', K)} | {r['n']:,} | {r['d']} | {r.get('noise', r.get('spread'))} | "
+            f"| {r.get('data', 'synthetic')} | {r.get('mode', 'exact')}{beam} | {r.get('k', K)} | {r['n']:,} | {r['d']} | {r.get('noise', r.get('spread'))} | "
             f"{r.get('leaf_size', 64)} | {r['leaves']:,} | {r['build_seconds']:.1f} | {r['sample_ms_per_step']:.1f} | "
             f"{f('matmul_ms_per_step')} | {r['bruteforce_ms_per_step']:.1f} / {f('exact_topk_ms_per_step')} | "
             f"{f('speedup_vs_fastest_exact', '{:.2f}', 'x')} | {f('speedup_vs_matmul', '{:.2f}', 'x')} | {r['tv']:.3f} | "
@@ -265,7 +267,7 @@ def main(argv=None) -> int:
                 new.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     key = lambda r: (r.get("data", "synthetic"), r["n"], r["d"], r.get("spread", 0.6) or 0, r.get("leaf_size", 64),  # noqa: E731
-                     r.get("mode", "exact"), r.get("k", K))
+                     r.get("mode", "exact"), r.get("k", K), r.get("beam", 8))
     done = {key(r) for r in new}
     rows = sorted([r for r in old if key(r) not in done] + new, key=key)
     write_result("tree", {"rows": rows})
