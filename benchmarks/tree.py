@@ -204,7 +204,7 @@ def run_rows(src: Source, modes, beam: int, reps: int, tv_queries: int, tv_steps
             "exact_topk_ms_per_step": round(topk, 2), "speedup_vs_bruteforce": round(brute / samp, 2),
             "speedup_vs_fastest_exact": round(fastest / samp, 2), "speedup_vs_matmul": round(matmul / samp, 3),
             "tv": round(tv, 4), "tv_exact_noise": round(tv0, 4), "tv_ratio": round(tv / tv0, 3),
-            "tv_draws_per_query": tv_steps * k, **{k: round(v, 4) for k, v in stats.items()},
+            "tv_draws_per_query": tv_steps * k, **{name: round(v, 4) for name, v in stats.items()},
             "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads()})
     return rows
 

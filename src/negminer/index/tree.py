@@ -336,6 +336,12 @@ class KMeansTree:
             nodes, ok = ids.gather(1, keep.indices), cok.gather(1, keep.indices)
         return self._score_leaves(q, nodes, ok, k, emb_fn, exclude)
 
+    def beam_leaves(self, q: torch.Tensor, width: int):
+        """The ``width`` best leaves per query by upper bound, found by a beam search down the tree: [B, W] leaves
+        and their validity (the approximate top-k's candidates; the tree sampler's descend mode)."""
+        q = q.float()
+        return self._descend(q, q.norm(dim=1, keepdim=True), width)
+
     def _descend(self, q, qn, width):
         """The ``width`` best nodes per query by upper bound, level by level: leaves [B, W] and validity."""
         nodes, ok = torch.zeros(len(q), 1, dtype=torch.long), torch.ones(len(q), 1, dtype=torch.bool)

@@ -361,7 +361,7 @@ class TreeSampler(Sampler):
         t, b, k = self.tree, len(q), self.k
         q = q.detach().float().cpu()
         scale, g = self.scale(batch), batch.generator
-        cand, cok = t._descend(q, q.norm(dim=1, keepdim=True), max(1, self.beam))     # [B, W] leaves
+        cand, cok = t.beam_leaves(q, max(1, self.beam))                                 # [B, W] leaves
         w = cand.shape[1]
         from_c = torch.rand(b, k, generator=g) >= self.tail
         u = (torch.rand(b, k, generator=g, dtype=torch.float64) * int(t.live_prefix[-1])).long()
@@ -430,7 +430,7 @@ class TreeSampler(Sampler):
 
     def _descend_env(self, q, scale, batch, store):
         """The candidates [B, W], their validity and log Z_C [B] (the diagnostics' ``proposal``)."""
-        cand, cok = self.tree._descend(q, q.norm(dim=1, keepdim=True), max(1, self.beam))
+        cand, cok = self.tree.beam_leaves(q, max(1, self.beam))
         qi = torch.arange(len(q)).unsqueeze(1).expand_as(cand)
         m = torch.logsumexp(self._score(q, scale, batch, store, qi.flatten(), cand.flatten())[0], dim=1)
         return cand, cok, torch.logsumexp(m.view_as(cand).masked_fill(~cok, NEG_INF), dim=1)
