@@ -338,11 +338,6 @@ class TreeSampler(Sampler):
         log_q_leaf = (env[qi, leaf] - log_w[qi]).view(b, k)
         log_pi = (math.log(k) + log_q_leaf + (s_ids - m_n).view(b, k)).masked_fill(mask, NEG_INF)
         ids = ids.view(b, k).masked_fill(mask, 0)
-        # p_j / Q_j is M_n / (Z Q(n)) for every row of leaf n: the draws estimate TV(Q, softmax) = E_Q |p / Q - 1| / 2
-        r = (m_n.view(b, k) - log_q_leaf).masked_fill(mask, NEG_INF)                    # a leaf with no usable row: 0
-        lse = torch.logsumexp(r, 1, keepdim=True)
-        tv = 0.5 * ((r - lse + math.log(k)).exp() - 1).abs().mean(1)
-        has = torch.isfinite(lse.squeeze(1))
 
         def cross(rows):  # [B, M] log k Q of these rows for every query
             return math.log(k) + self._proposal_log_q(q, scale, batch, store, rows.cpu(), env, log_w)
@@ -350,8 +345,7 @@ class TreeSampler(Sampler):
         self.log_z_bounds = None
         drawn = len((qi * len(t.members) + leaf).unique())
         self.last_stats = {"tree_fallback": 0, "tree_scored": float(n_beam + drawn / b),
-                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0,
-                           "tree_short": int(mask.sum())}
+                           "tree_tv": _tv_estimate(m_n.view(b, k), log_q_leaf, mask), "tree_short": int(mask.sum())}
         return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
 
     def _sample_descend(self, q, batch, store) -> Draw:
@@ -391,27 +385,23 @@ class TreeSampler(Sampler):
         j = _gumbel_argmax(s, g).unsqueeze(1)
         ids, s_ids = mem.gather(1, j).squeeze(1).view(b, k), s.gather(1, j).squeeze(1).view(b, k)
         m_n = m_n.view(b, k)
-        in_c = ((leaf.unsqueeze(2) == cand.unsqueeze(1)) & cok.unsqueeze(1)).any(2)
-        log_q_leaf = self._descend_log_q_leaf(leaf, in_c, m_n, log_zc)
+        log_q_leaf = self._descend_log_q_leaf(leaf, cand, cok, m_n, log_zc)
         mask = ~torch.isfinite(m_n) | ~torch.isfinite(log_q_leaf)
         log_pi = (math.log(k) + log_q_leaf + s_ids - m_n).masked_fill(mask, NEG_INF)
         ids = ids.masked_fill(mask, 0)
-        r = (m_n - log_q_leaf).masked_fill(mask, NEG_INF)  # as in proposal mode: the draws' TV estimate
-        lse = torch.logsumexp(r, 1, keepdim=True)
-        tv = 0.5 * ((r - lse + math.log(k)).exp() - 1).abs().mean(1)
-        has = torch.isfinite(lse.squeeze(1))
 
         def cross(rows):
             return math.log(k) + self._descend_log_q(q, scale, batch, store, rows.cpu(), cand, cok, log_zc)
 
         self.log_z_bounds = None
         self.last_stats = {"tree_fallback": 0, "tree_scored": (b * w + int((~from_c).sum())) / b,
-                           "tree_tv": float(tv[has].mean()) if bool(has.any()) else 0.0, "tree_short": int(mask.sum()),
+                           "tree_tv": _tv_estimate(m_n, log_q_leaf, mask), "tree_short": int(mask.sum()),
                            "tree_cand_draws": float(from_c.float().mean())}
         return Draw(ids, mask, log_pi, cross(batch.pos_rows), None, cross, self.margin_drop(q, batch, store))
 
-    def _descend_log_q_leaf(self, leaf, in_c, m_n, log_zc):
-        """log Q(n) of leaves [B, M] (``in_c``: among the query's candidates; ``m_n``: their log M)."""
+    def _descend_log_q_leaf(self, leaf, cand, cok, m_n, log_zc):
+        """log Q(n) of leaves [B, M] (``m_n``: their log M) given each query's candidates ``cand`` [B, W] (``cok``)."""
+        in_c = ((leaf.unsqueeze(2) == cand.unsqueeze(1)) & cok.unsqueeze(1)).any(2)
         zc = log_zc.unsqueeze(1)
         a = torch.where(in_c & torch.isfinite(zc), math.log1p(-self.tail) + m_n - zc, torch.full_like(m_n, NEG_INF))
         tail = torch.where(torch.isfinite(zc), math.log(self.tail), 0.0)  # no usable candidate: every draw is a tail draw
@@ -424,8 +414,7 @@ class TreeSampler(Sampler):
         ul, linv = leaf.clamp(min=0).unique(return_inverse=True)
         m_n = torch.logsumexp(self._score_leaves(q, scale, batch, store, ul), dim=2)[:, linv]   # [B, M]
         lf = leaf.clamp(min=0).unsqueeze(0).expand(len(q), -1)
-        in_c = ((lf.unsqueeze(2) == cand.unsqueeze(1)) & cok.unsqueeze(1)).any(2)
-        out = self._descend_log_q_leaf(lf, in_c, m_n, log_zc) + self._cross_logits(q, batch, store, scale, rows) - m_n
+        out = self._descend_log_q_leaf(lf, cand, cok, m_n, log_zc) + self._cross_logits(q, batch, store, scale, rows) - m_n
         return out.masked_fill((leaf < 0).unsqueeze(0), NEG_INF).nan_to_num(nan=NEG_INF)
 
     def _descend_env(self, q, scale, batch, store):
@@ -547,6 +536,16 @@ class TreeSampler(Sampler):
         rows = torch.arange(store.n).expand(len(q), -1)
         s = (raw * self.scale(batch)).masked_fill(~self._usable(q, torch.arange(len(q)), rows, batch, raw), NEG_INF)
         return s - torch.logsumexp(s, dim=1, keepdim=True)
+
+
+def _tv_estimate(m_n: torch.Tensor, log_q_leaf: torch.Tensor, mask: torch.Tensor) -> float:
+    """The draws' estimate of TV(Q, softmax) = E_Q |p / Q - 1| / 2, mean over queries: p_j / Q_j is M_n / (Z Q(n))
+    for every row of leaf n ([B, k] each; a masked slot, a leaf with no usable row, counts 0)."""
+    r = (m_n - log_q_leaf).masked_fill(mask, NEG_INF)
+    lse = torch.logsumexp(r, 1, keepdim=True)
+    tv = 0.5 * ((r - lse + math.log(r.shape[1])).exp() - 1).abs().mean(1)
+    has = torch.isfinite(lse.squeeze(1))
+    return float(tv[has].mean()) if bool(has.any()) else 0.0
 
 
 def _pad(x: torch.Tensor, width: int, value) -> torch.Tensor:
